@@ -1,0 +1,34 @@
+"""hpcadapt_merge: a standalone, parallel, resumable merger for safetensors checkpoints.
+
+Importing this package is cheap and pulls in neither torch nor any training library;
+the heavy modules load when a merge runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import MergeSummary
+
+
+def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True, **options) -> "MergeSummary":
+    """Merge as described by a mergekit-style dict or YAML path into `out_dir`.
+
+    Extra options: `shard_size` (bytes per output shard), `exact` (mergekit's
+    reduction order, bit for bit; needs torch). See engine.run_merge.
+    """
+    from .engine import run_merge as _run
+
+    return _run(config, out_dir, workers=workers, force=force, progress=progress, **options)
+
+
+def __getattr__(name):
+    if name == "MergeSummary":
+        from .engine import MergeSummary
+
+        return MergeSummary
+    raise AttributeError(name)
+
+
+__all__ = ["run_merge", "MergeSummary"]
