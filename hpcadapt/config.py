@@ -1,0 +1,302 @@
+"""Typed schema for everything in `conf/`.
+
+Hydra merges the YAML files onto these dataclasses, so a misspelt key or a value of
+the wrong type fails at composition time with the key's full name, before any model
+is touched. Cross-field rules that a type cannot express (a DPO stage needs a beta,
+ZeRO-3 on Slurm wants one task per GPU) live in `validate()`, which the entry point
+runs right after composition.
+
+This module must stay importable without torch: `--cfg job` and Slurm submission on a
+login node load it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from hpcadapt.errors import HpcadaptError
+
+TRAINING_KINDS = ("cpt", "sft", "dpo", "orpo", "kto", "simpo")
+PREFERENCE_KINDS = ("dpo", "orpo", "kto", "simpo")
+STAGE_KINDS = ("tiny_init", *TRAINING_KINDS)
+
+
+@dataclass
+class ModelConfig:
+    """A model family: where its Base and Instruct checkpoints live and how to load them.
+
+    `base`/`instruct` are hub ids (resolved from the local HF cache; nothing is downloaded
+    when HF_HUB_OFFLINE=1), local folders, or `@stage_name` for a model this pipeline
+    builds itself (the tiny demo does).
+    """
+
+    name: str = MISSING
+    base: str = MISSING
+    instruct: str = MISSING
+    revision: Optional[str] = None
+    dtype: str = "bfloat16"  # bfloat16 | float16 | float32; CPU runs always use float32
+    attn_implementation: str = "sdpa"  # flash_attention_2 on clusters that have it
+    trust_remote_code: bool = False
+    # A Jinja file to install as the chat template when the tokenizer has none. Never
+    # guessed: chat stages fail without a template unless this is set.
+    chat_template_file: Optional[str] = None
+
+
+@dataclass
+class StageConfig:
+    """One training stage: which recipe (`kind`), on which data mix, with which settings.
+
+    Batch sizes follow the paper: `global_batch_size` is fixed and gradient accumulation
+    is derived from the world size at launch, so the same experiment means the same
+    optimisation on 1 GPU or 64.
+    """
+
+    kind: str = MISSING  # tiny_init | cpt | sft | dpo | orpo | kto | simpo
+    data: Optional[str] = None  # name of a mix in data.mixes
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs (tiny runs, smoke tests)
+    global_batch_size: int = 8
+    per_device_train_batch_size: int = 1
+    max_length: int = 2048
+    packing: bool = False  # cpt/sft
+    assistant_only_loss: bool = True  # sft: loss only on assistant turns
+    beta: Optional[float] = None  # dpo/orpo/kto/simpo
+    loss_type: Optional[str] = None  # dpo loss variant
+    max_prompt_length: Optional[int] = None
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    logging_steps: int = 10
+    save_steps: int = 500  # checkpoint interval: what a preempted job resumes from
+    keep_checkpoints: bool = False  # keep Trainer checkpoints in the finished stage folder
+    # Anything else the TRL config accepts, passed through unchanged.
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSource:
+    """One dataset in a mix.
+
+    `weight` is the fraction of this source's rows that enter the mix (alignment-handbook
+    semantics): 0.5 keeps a seeded half, 2.0 repeats every row twice, 1.5 repeats once
+    and adds a seeded half.
+    """
+
+    path: str = MISSING  # .jsonl/.json/.parquet file, saved HF dataset folder, or hub id
+    weight: float = 1.0
+    split: str = "train"
+    subset: Optional[str] = None  # hub config name
+
+
+@dataclass
+class DataMix:
+    sources: List[DataSource] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # Set to "tiny_domain" to have the pipeline write the demo's fictional domain into
+    # `${output_root}/demo_data` before planning.
+    generate: Optional[str] = None
+    mixes: Dict[str, DataMix] = field(default_factory=dict)
+    benchmark: List[str] = field(default_factory=list)  # JSONL question sets
+    heldout: Optional[str] = None  # JSONL {"text"} for perplexity
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed settings rendered into the JSON that the HF Trainer consumes."""
+
+    name: str = "zero3"
+    enabled: bool = True
+    stage: int = 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    # Without this, a ZeRO-3 save writes empty placeholder tensors.
+    gather_16bit_weights_on_model_save: bool = True
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    """Where stages run. `local`: `nprocs` processes on this machine. `slurm`: one job per stage."""
+
+    kind: str = "local"  # local | slurm
+    nprocs: int = 1
+    # Slurm
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 4
+    mem_gb: Optional[int] = None
+    timeout_min: int = 1440
+    setup: List[str] = field(default_factory=list)
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 8
+    max_num_timeout: int = 3
+    log_root: Optional[str] = None  # default: ${output_root}/slurm
+    snapshot_code: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """The chain: start model -> `chain` stages in order -> merge -> evaluation.
+
+    Strategy names follow the paper: start=instruct, chain=[cpt, sft, orpo], merge=true is
+    `Instruct-CPT-SFT-ORPO-SLERP`. `prepare` lists stages that build models the chain
+    refers to as `@name` (the tiny demo builds its own Base and Instruct that way).
+    """
+
+    name: str = "pipeline"
+    start: str = "instruct"  # base | instruct
+    prepare: List[str] = field(default_factory=list)
+    chain: List[str] = field(default_factory=list)
+    merge: bool = True
+    evaluate: bool = True
+
+
+@dataclass
+class MergeConfig:
+    """SLERP (or another merger method) of the chain's last model with the Instruct model.
+
+    The Instruct model is mergekit's `base_model`, the t = 0 end, as in the paper.
+    """
+
+    method: str = "slerp"
+    t: Any = field(
+        default_factory=lambda: [
+            {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
+            {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
+            {"value": 0.5},
+        ]
+    )
+    dtype: str = "bfloat16"
+    workers: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    protocols: List[str] = field(default_factory=lambda: ["loglik", "generate"])
+    batch_size: int = 16
+    max_new_tokens: int = 8
+    bootstrap_samples: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class WandbConfig:
+    """W&B logging. `mode` None means online when WANDB_API_KEY is set, offline otherwise."""
+
+    enabled: bool = True
+    project: str = "hpcadapt"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output_root: str = "outputs"
+    dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
+    status: bool = False  # show each stage's state instead of running
+
+
+def register_configs() -> None:
+    """Make the schema available to `conf/config.yaml` as `base_config`."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+class ConfigError(HpcadaptError):
+    """A configuration that composes but cannot run; the message names the key."""
+
+
+def validate(cfg: Any) -> None:
+    """Cross-field checks that types cannot express. Raises ConfigError naming the key."""
+    pipe = cfg.pipeline
+    if pipe.start not in ("base", "instruct"):
+        raise ConfigError(f"pipeline.start must be 'base' or 'instruct', got {pipe.start!r}")
+    for where, names in (("pipeline.prepare", pipe.prepare), ("pipeline.chain", pipe.chain)):
+        for name in names:
+            if name not in cfg.stages:
+                known = ", ".join(sorted(cfg.stages)) or "none"
+                raise ConfigError(f"{where} names stage {name!r}, but stages has no such entry (known: {known})")
+    if len(set(pipe.prepare) | set(pipe.chain)) != len(pipe.prepare) + len(pipe.chain):
+        raise ConfigError("a stage appears twice in pipeline.prepare/pipeline.chain; give each use its own name")
+    for name, stage in cfg.stages.items():
+        key = f"stages.{name}"
+        if stage.kind not in STAGE_KINDS:
+            raise ConfigError(f"{key}.kind is {stage.kind!r}; expected one of {', '.join(STAGE_KINDS)}")
+        if stage.kind in TRAINING_KINDS and not stage.data:
+            raise ConfigError(f"{key}.data is not set; a {stage.kind} stage needs a data mix")
+        if stage.data and stage.data not in cfg.data.mixes:
+            known = ", ".join(sorted(cfg.data.mixes)) or "none"
+            raise ConfigError(f"{key}.data names mix {stage.data!r}, not in data.mixes (known: {known})")
+        if stage.kind in ("dpo", "orpo", "kto", "simpo") and stage.beta is None:
+            raise ConfigError(f"{key}.beta is not set; {stage.kind} needs it (the paper used 0.01-0.1)")
+        if stage.beta is not None and stage.kind not in PREFERENCE_KINDS:
+            raise ConfigError(f"{key}.beta is set but a {stage.kind} stage has no beta")
+        if stage.global_batch_size < stage.per_device_train_batch_size:
+            raise ConfigError(
+                f"{key}.global_batch_size ({stage.global_batch_size}) is smaller than "
+                f"per_device_train_batch_size ({stage.per_device_train_batch_size})"
+            )
+    for mix_name, mix in cfg.data.mixes.items():
+        seen = set()
+        for i, src in enumerate(mix.sources):
+            ident = (src.path, src.split, src.subset)
+            if ident in seen:
+                raise ConfigError(
+                    f"data.mixes.{mix_name}.sources[{i}] repeats {src.path!r}; list each dataset once and set its weight"
+                )
+            seen.add(ident)
+            if src.weight <= 0:
+                raise ConfigError(f"data.mixes.{mix_name}.sources[{i}].weight must be > 0, got {src.weight}")
+    if cfg.deepspeed.enabled and cfg.deepspeed.stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.stage must be 0-3, got {cfg.deepspeed.stage}")
+    cl = cfg.cluster
+    if cl.kind not in ("local", "slurm"):
+        raise ConfigError(f"cluster.kind must be 'local' or 'slurm', got {cl.kind!r}")
+    if cl.kind == "local" and cl.nprocs < 1:
+        raise ConfigError(f"cluster.nprocs must be >= 1, got {cl.nprocs}")
+    if cl.kind == "slurm":
+        if cl.nodes < 1 or cl.tasks_per_node < 1:
+            raise ConfigError("cluster.nodes and cluster.tasks_per_node must be >= 1")
+        if cl.gpus_per_node > 0 and cl.tasks_per_node != cl.gpus_per_node:
+            raise ConfigError(
+                f"cluster.tasks_per_node ({cl.tasks_per_node}) must equal cluster.gpus_per_node "
+                f"({cl.gpus_per_node}): DeepSpeed runs one task per GPU"
+            )
+    if cfg.wandb.mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
+    if cfg.merge.method not in ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"):
+        raise ConfigError(f"merge.method {cfg.merge.method!r} is unknown")
+
+
+def world_size(cfg: Any) -> int:
+    """Processes a training stage runs on under the chosen cluster settings."""
+    cl = cfg.cluster
+    return cl.nprocs if cl.kind == "local" else cl.nodes * cl.tasks_per_node
