@@ -1,0 +1,111 @@
+"""Real jobs on the local cluster: placement, multi-node gloo, requeue, failure reasons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from hpcadapt.launch import probes
+from hpcadapt.launch.slurm_job import StageJob
+from hpcadapt.launch.slurm_status import query_jobs
+
+pytestmark = pytest.mark.slurm
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.3)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def test_job_runs_on_a_node_and_sees_its_stand_in_gpus(make_executor):
+    job = make_executor("where", slurm_gpus_per_node=2).submit(probes.where_am_i)
+    info = job.result()
+    assert info["node"] in {"n1", "n2"}
+    # Slurm sets the job's GPUs; nothing remaps them per task.
+    assert info["cuda_visible_devices"] == "0,1"
+
+
+def test_two_nodes_two_tasks_gloo_allreduce(make_executor):
+    executor = make_executor("gloo", nodes=2, tasks_per_node=2, mem_gb=2, timeout_min=3)
+    results = executor.submit(probes.gloo_allreduce).results()
+    assert sorted(r["rank"] for r in results) == [0, 1, 2, 3]
+    assert {r["world_size"] for r in results} == {4}
+    assert {r["sum"] for r in results} == {1.0 + 2.0 + 3.0 + 4.0}
+    assert {r["node"] for r in results} == {"n1", "n2"}
+    assert sorted(r["local_rank"] for r in results) == [0, 0, 1, 1]
+    assert {r["master_addr"] for r in results} == {"n1"}
+
+
+def test_checkpointable_job_is_requeued_on_preemption_and_resumes(make_executor, shared_dir):
+    state_file = shared_dir / "count.json"
+    job = make_executor("requeue").submit(probes.CountSteps(str(state_file), total=12, step_s=0.5))
+    wait_until(lambda: read_json(state_file).get("step", 0) >= 3, 60, "the job to make progress")
+    job._interrupt()  # what a preemption sends: SIGTERM, then USR2
+    final = job.result()
+    assert final["step"] == 12
+    assert final["starts"] >= 2, "the job was not restarted after the preemption signal"
+    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "REQUEUED" in history and history[-1] == "COMPLETED"
+
+
+def test_stage_job_stops_at_a_step_boundary_on_every_rank_and_resumes(make_executor, shared_dir):
+    spec = shared_dir / "spec.json"
+    state_dir = shared_dir / "state"
+    state_dir.mkdir()
+    spec.write_text(json.dumps({"state_dir": str(state_dir), "total_steps": 10, "step_s": 0.4}))
+    executor = make_executor("stage", nodes=1, tasks_per_node=2)
+    job = executor.submit(StageJob(str(spec), "probe", stage_module="hpcadapt.launch.probe_stage"))
+    wait_until(lambda: read_json(state_dir / "rank1.json").get("step", 0) >= 2, 60, "both ranks to step")
+    job._interrupt()
+    job.results()
+    for rank in (0, 1):
+        state = read_json(state_dir / f"rank{rank}.json")
+        assert state["step"] == 10, state
+        assert state["stops"] == 1 and state["starts"] == 2, state
+        assert state["world_size"] == 2
+
+
+def test_status_names_cancelled_oom_failed_and_blocked_jobs(make_executor):
+    executor = make_executor("status", mem_gb=0.2)
+    oom = executor.submit(probes.hold_memory, 600, 5.0)
+    crash = executor.submit(probes.fail_with, 3)
+    sleeper = make_executor("status").submit(probes.sleep_for, 120)
+    blocked = make_executor("status", slurm_additional_parameters={"dependency": f"afterok:{crash.job_id}"}).submit(
+        probes.sleep_for, 1
+    )
+    wait_until(lambda: sleeper.state == "RUNNING", 60, "the sleeper to start")
+    sleeper.cancel()
+    for job in (oom, crash, sleeper):
+        with pytest.raises(submitit.core.utils.UncompletedJobError):
+            job.result()
+
+    def settled() -> bool:
+        records = query_jobs([oom.job_id, crash.job_id, sleeper.job_id, blocked.job_id])
+        return records[blocked.job_id].pending_reason == "DependencyNeverSatisfied" and all(
+            records[j.job_id].finished for j in (oom, crash, sleeper))
+
+    wait_until(settled, 30, "accounting to record the ends")
+    records = query_jobs([oom.job_id, crash.job_id, sleeper.job_id, blocked.job_id])
+    assert records[oom.job_id].state == "OUT_OF_MEMORY"
+    assert "out of memory" in records[oom.job_id].reason()
+    assert records[crash.job_id].state == "FAILED"
+    assert records[sleeper.job_id].state == "CANCELLED"
+    assert records[sleeper.job_id].reason().startswith("cancelled")
+    assert "never" in records[blocked.job_id].reason()
+    blocked.cancel()
