@@ -1,0 +1,105 @@
+"""The synergy report's pictures (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Representative tensor names: what an attention, an MLP and any other (norm) tensor
+# of layer i resolves to under a mergekit t spec.
+SCHEDULE_PROBES = {
+    "self_attn": "model.layers.{i}.self_attn.q_proj.weight",
+    "mlp": "model.layers.{i}.mlp.gate_proj.weight",
+    "other (norms)": "model.layers.{i}.input_layernorm.weight",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def plot_accuracy_by_group(accuracy: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+    """Grouped bars: accuracy[model][group] for each group (categories, then overall)."""
+    plt = _pyplot()
+    models = list(accuracy)
+    groups = list(next(iter(accuracy.values())))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups) + 2), 4))
+    for k, model in enumerate(models):
+        xs = [g + (k - (len(models) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [accuracy[model][group] or 0.0 for group in groups], width, label=model)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def schedule_curves(t_spec, num_layers: int) -> dict[str, list[float]]:
+    """t per layer for attention, MLP and other tensors, resolved with the merger's rules."""
+    from hpcadapt_merge.schedule import resolve_t
+
+    return {
+        label: [resolve_t(probe.format(i=i), t_spec, num_layers) for i in range(num_layers)]
+        for label, probe in SCHEDULE_PROBES.items()
+    }
+
+
+def plot_schedule(t_spec, num_layers: int, path: Path, title: str = "SLERP t over depth") -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label, values in schedule_curves(t_spec, num_layers).items():
+        ax.plot(range(num_layers), values, marker="o", markersize=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"layer (of {num_layers})")
+    ax.set_ylabel("t  (0 = base parent)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sweep(scores: dict[str, float], reference: dict[str, float], metric: str, path: Path) -> Path:
+    """Score per schedule (best first) with the parents' scores as horizontal lines."""
+    plt = _pyplot()
+    names = sorted(scores, key=lambda n: -scores[n])
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4))
+    ax.bar(range(len(names)), [scores[n] for n in names], color="tab:green")
+    for (label, value), style in zip(reference.items(), ("--", ":", "-.")):
+        ax.axhline(value, linestyle=style, color="gray", label=f"{label} {value:.3f}")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(metric)
+    ax.set_title("score against SLERP schedule")
+    ax.grid(axis="y", alpha=0.3)
+    if reference:
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,156 @@
+"""Evaluation results: per-question records for every model, their summaries, and the table.
+
+Kept as plain per-question records (not only accuracies) because the synergy report's
+paired bootstrap needs to know which questions each model got right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METRICS = {  # metric name -> (protocol, record key)
+    "loglik_acc": ("loglik", "acc"),
+    "loglik_acc_norm": ("loglik", "acc_norm"),
+    "generate_acc": ("generate", "acc"),
+}
+ALL_SETS = "all"
+
+
+@dataclass
+class EvalResults:
+    """What evaluate_models returns and writes: records[model][protocol] = per-question dicts."""
+
+    models: dict[str, str]
+    sets: list[str]
+    protocols: tuple[str, ...]
+    records: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    perplexity: dict[str, float | None] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def metrics(self) -> list[str]:
+        """Metric names available for these protocols, e.g. "generate_acc"."""
+        return [name for name, (protocol, _) in METRICS.items() if protocol in self.protocols]
+
+    def scores(self, model: str, metric: str, set_name: str = ALL_SETS, category: str | None = None) -> dict[str, float]:
+        """Per-question 0/1 scores keyed by "set/id", filtered by set and category."""
+        protocol, key = METRICS[metric]
+        return {
+            f"{r['set']}/{r['id']}": r[key]
+            for r in self.records[model][protocol]
+            if (set_name == ALL_SETS or r["set"] == set_name) and (category is None or r["category"] == category)
+        }
+
+    def accuracy(self, model: str, metric: str, set_name: str = ALL_SETS, category: str | None = None) -> float | None:
+        values = list(self.scores(model, metric, set_name, category).values())
+        return sum(values) / len(values) if values else None
+
+    def unparseable(self, model: str, set_name: str = ALL_SETS) -> int | None:
+        if "generate" not in self.protocols:
+            return None
+        return sum(
+            1 for r in self.records[model]["generate"] if r["unparseable"] and set_name in (ALL_SETS, r["set"])
+        )
+
+    def categories(self) -> list[str]:
+        first = next(iter(self.records.values()))
+        return sorted({r["category"] for records in first.values() for r in records})
+
+    def set_columns(self) -> list[str]:
+        """The sets shown in tables: each set, then "all" when there is more than one."""
+        return self.sets + [ALL_SETS] if len(self.sets) > 1 else list(self.sets)
+
+    def summary(self) -> dict:
+        """{model: {"perplexity": x, set: {metric: acc, "unparseable": n, "n": count}}}."""
+        out: dict = {}
+        for model in self.models:
+            row: dict = {"perplexity": self.perplexity.get(model)}
+            for set_name in self.set_columns():
+                cell = {metric: self.accuracy(model, metric, set_name) for metric in self.metrics()}
+                cell["unparseable"] = self.unparseable(model, set_name)
+                cell["n"] = len(self.scores(model, self.metrics()[0], set_name))
+                row[set_name] = cell
+            out[model] = row
+        return out
+
+    def table_text(self) -> str:
+        """One markdown table: rows are models; perplexity, then acc columns per set."""
+        short = {"loglik_acc": "acc", "loglik_acc_norm": "acc_norm", "generate_acc": "gen acc"}
+        header = ["model", "ppl"]
+        for set_name in self.set_columns():
+            header += [f"{set_name} {short[m]}" for m in self.metrics()]
+            if "generate" in self.protocols:
+                header.append(f"{set_name} unparsed")
+        rows = []
+        summary = self.summary()
+        for model, row in summary.items():
+            ppl = row["perplexity"]
+            cells = [model, "-" if ppl is None else f"{ppl:.2f}"]
+            for set_name in self.set_columns():
+                cell = row[set_name]
+                cells += [_fmt(cell[m]) for m in self.metrics()]
+                if "generate" in self.protocols:
+                    cells.append(f"{cell['unparseable']}/{cell['n']}")
+            rows.append(cells)
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
+        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "models": self.models,
+            "sets": self.sets,
+            "protocols": list(self.protocols),
+            "perplexity": self.perplexity,
+            "summary": self.summary(),
+            "meta": self.meta,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvalResults":
+        return cls(
+            models=data["models"],
+            sets=data["sets"],
+            protocols=tuple(data["protocols"]),
+            records=data["records"],
+            perplexity=data.get("perplexity", {}),
+            meta=data.get("meta", {}),
+        )
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write results.json and table.md, each replaced atomically."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "results.json", json.dumps(self.to_dict(), indent=1))
+        write_atomic(out / "table.md", self.table_text() + "\n")
+        return out / "results.json"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalResults":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "results.json"
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
