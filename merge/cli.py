@@ -1,0 +1,72 @@
+"""`hpcadapt-merge CONFIG OUT`: the merger from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500M', '1e9' -> bytes (decimal units, like mergekit's --out-shard-size)."""
+    units = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    clean = text.strip().upper().rstrip("B")
+    if clean and clean[-1] in units:
+        return int(float(clean[:-1]) * units[clean[-1]])
+    return int(float(clean))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcadapt-merge", description="Merge two or more safetensors checkpoints (mergekit-style YAML).")
+    parser.add_argument("config", help="mergekit-style YAML recipe")
+    parser.add_argument("out", nargs="?", help="output model folder (created atomically)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--plan", action="store_true", help="dry run: print per tensor the method, t, sources and output shard")
+    parser.add_argument("--plot-schedule", metavar="PNG", help="draw the t schedule over depth into this PNG")
+    parser.add_argument("--out-shard-size", default="5GB", help="maximum output shard size (default 5GB)")
+    parser.add_argument("--exact", action="store_true", help="reproduce mergekit 0.1.5's SLERP reduction order bit for bit (slower; imports torch)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, CheckpointError, FileExistsError) as error:
+        print(f"hpcadapt-merge: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from .config import load_config
+    from .plan import build_plan, format_plan
+
+    shard_size = parse_size(args.out_shard_size)
+    if args.plan or args.plot_schedule:
+        plan = build_plan(load_config(args.config), shard_size=shard_size)
+        if args.plan:
+            print(format_plan(plan))
+        if args.plot_schedule:
+            from .plot import plot_schedule
+
+            t_spec = plan.config.parameters.get("t")
+            if t_spec is None:
+                raise ConfigError(f"--plot-schedule: {plan.config.method} has no t schedule to draw")
+            print(f"schedule drawn to {plot_schedule(t_spec, plan.num_layers, args.plot_schedule)}", file=sys.stderr)
+        if args.plan or not args.out:
+            return 0
+    if not args.out:
+        raise ConfigError("give an output folder: hpcadapt-merge CONFIG OUT")
+    from .engine import run_merge
+
+    run_merge(args.config, args.out, workers=args.workers, force=args.force, progress=not args.no_progress,
+              shard_size=shard_size, exact=args.exact)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

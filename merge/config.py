@@ -1,0 +1,202 @@
+"""The merge recipe: mergekit-style YAML or dict, parsed into a typed, checked config.
+
+Users already have mergekit YAML files, so the keys are mergekit's. What we refuse,
+we refuse early and by name: an unknown method, a parameter the method does not
+take, a `t` outside [0, 1], or a model that is not a local folder (we never download;
+a name that is not a local path is a hub id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schedule import all_numbers
+
+METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+# Parameters each method reads: (global ones, per-model ones).
+METHOD_PARAMETERS = {
+    "slerp": ({"t"}, set()),
+    "linear": ({"normalize"}, {"weight"}),
+    "task_arithmetic": ({"normalize", "lambda"}, {"weight"}),
+    "ties": ({"normalize", "lambda"}, {"weight", "density"}),
+    "dare_ties": ({"normalize", "lambda", "seed"}, {"weight", "density"}),
+    "dare_linear": ({"normalize", "lambda", "seed"}, {"weight", "density"}),
+}
+TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name", "chat_template", "tokenizer"}
+DTYPES = {"bfloat16", "float16", "float32", "float64"}
+
+
+class ConfigError(ValueError):
+    """A merge configuration that cannot be run; the message says which key and why."""
+
+
+@dataclass
+class ModelSpec:
+    path: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    layer_range: tuple[int, int] | None = None
+
+
+@dataclass
+class MergeConfig:
+    method: str
+    base: Path | None
+    models: list[ModelSpec]
+    parameters: dict[str, Any]
+    dtype: str | None
+    out_dtype: str | None
+    tokenizer_source: Path | None
+    raw: dict
+
+    @property
+    def parents(self) -> list[Path]:
+        """Every distinct input folder, base first."""
+        paths = ([self.base] if self.base else []) + [m.path for m in self.models]
+        return list(dict.fromkeys(paths))
+
+    def others(self) -> list[ModelSpec]:
+        """The models that are not the base, in config order."""
+        return [m for m in self.models if m.path != self.base]
+
+
+def load_config(config: dict | str | Path) -> MergeConfig:
+    """Parse a mergekit-style dict, or a YAML file, into a MergeConfig."""
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"{path}: merge config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the merge config must be a mapping")
+        return parse_config(raw, config_dir=path.resolve().parent)
+    if not isinstance(config, dict):
+        raise ConfigError(f"config must be a dict or a YAML path, got {type(config).__name__}")
+    return parse_config(config, config_dir=None)
+
+
+def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
+    unknown = set(raw) - TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    method = raw.get("merge_method")
+    if method not in METHODS:
+        raise ConfigError(f"unknown merge_method {method!r}; this merger implements {', '.join(METHODS)}")
+    if "models" in raw and "slices" in raw:
+        raise ConfigError("give either 'models' or 'slices', not both")
+    models = _parse_models(raw, config_dir)
+    base = resolve_model_path(raw["base_model"], config_dir, "base_model") if raw.get("base_model") else None
+    parameters = dict(raw.get("parameters") or {})
+    global_keys, model_keys = METHOD_PARAMETERS[method]
+    bad = set(parameters) - global_keys - model_keys
+    if bad:
+        raise ConfigError(f"{method} takes no parameter(s) {', '.join(sorted(bad))} (it takes {', '.join(sorted(global_keys | model_keys))})")
+    for model in models:
+        bad = set(model.parameters) - model_keys - global_keys
+        if bad:
+            raise ConfigError(f"model {model.path}: {method} takes no per-model parameter(s) {', '.join(sorted(bad))}")
+    for dtype_key in ("dtype", "out_dtype"):
+        if raw.get(dtype_key) is not None and raw[dtype_key] not in DTYPES:
+            raise ConfigError(f"{dtype_key}: {raw[dtype_key]!r} is not one of {', '.join(sorted(DTYPES))}")
+    config = MergeConfig(
+        method=method,
+        base=base,
+        models=models,
+        parameters=parameters,
+        dtype=raw.get("dtype"),
+        out_dtype=raw.get("out_dtype"),
+        tokenizer_source=_tokenizer_source(raw, base, config_dir),
+        raw=raw,
+    )
+    _check_method_shape(config)
+    return config
+
+
+def _parse_models(raw: dict, config_dir: Path | None) -> list[ModelSpec]:
+    if "slices" in raw:
+        slices = raw["slices"]
+        if not isinstance(slices, list) or len(slices) != 1:
+            raise ConfigError("slices: exactly one slice covering all layers is supported (layer stacking is not a merge)")
+        sources = slices[0].get("sources") if isinstance(slices[0], dict) else None
+        if not isinstance(sources, list) or not sources:
+            raise ConfigError("slices[0].sources must be a non-empty list of {model, layer_range}")
+        entries = sources
+    elif "models" in raw:
+        entries = raw["models"]
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("models must be a non-empty list")
+    else:
+        raise ConfigError("the config needs 'models' or 'slices'")
+    models = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise ConfigError(f"model entry {i} needs a 'model' key, got {entry!r}")
+        layer_range = entry.get("layer_range")
+        if layer_range is not None:
+            if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(isinstance(x, int) for x in layer_range)):
+                raise ConfigError(f"model entry {i}: layer_range must be [start, end], got {layer_range!r}")
+            layer_range = tuple(layer_range)
+        models.append(ModelSpec(resolve_model_path(entry["model"], config_dir, f"model entry {i}"), dict(entry.get("parameters") or {}), layer_range))
+    return models
+
+
+def _tokenizer_source(raw: dict, base: Path | None, config_dir: Path | None) -> Path | None:
+    source = raw.get("tokenizer_source", "base")
+    if source in (None, "base"):
+        return base
+    if source == "union":
+        raise ConfigError("tokenizer_source: 'union' builds a new vocabulary; this merger needs parents with one tokenizer")
+    return resolve_model_path(source, config_dir, "tokenizer_source")
+
+
+def _check_method_shape(config: MergeConfig) -> None:
+    method = config.method
+    if method == "slerp":
+        if config.base is None:
+            raise ConfigError("slerp needs base_model (the t = 0 end)")
+        if config.base not in [m.path for m in config.models] or len(config.parents) != 2:
+            raise ConfigError(f"slerp merges exactly two models, one of them base_model; got {', '.join(map(str, config.parents))}")
+        if "t" not in config.parameters:
+            raise ConfigError("slerp needs parameters.t (a number, a gradient list, or filter entries)")
+        for value in all_numbers(config.parameters["t"]):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"parameters.t: {value} is outside [0, 1]")
+        return
+    if method != "linear" and config.base is None:
+        raise ConfigError(f"{method} needs base_model (the model the task vectors are taken from)")
+    contributors = config.models if method == "linear" else config.others()
+    if not contributors:
+        raise ConfigError(f"{method} needs at least one model besides the base")
+    for model in contributors:
+        for key in ("weight", "density"):
+            if key in METHOD_PARAMETERS[method][1] and key not in model.parameters and key not in config.parameters:
+                if key == "weight" and method != "linear":
+                    continue
+                raise ConfigError(f"model {model.path}: {method} needs parameter {key!r}")
+        for value in all_numbers(model.parameters.get("density", config.parameters.get("density", 1.0))):
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"model {model.path}: density {value} is outside (0, 1]")
+
+
+def resolve_model_path(value: Any, config_dir: Path | None, what: str) -> Path:
+    """A local folder for `value`: as given, or relative to the config's folder, or to cwd."""
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(f"{what}: expected a path, got {value!r}")
+    text = str(value)
+    candidates = [Path(text)] if Path(text).is_absolute() else [c for c in ((config_dir / text) if config_dir else None, Path.cwd() / text) if c]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(
+        f"{what}: {text!r} is not a local model folder (looked at {tried}); a name that is not a local path "
+        "is a Hugging Face hub id, and this merger never downloads — fetch it first and give its folder"
+    )

@@ -1,0 +1,111 @@
+"""Everything in the output folder besides the weights: index, config, tokenizer, card, report.
+
+These files are deterministic (no timestamps, no timings), so two runs of one recipe
+give byte-identical folders — which is how resume is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .plan import MergePlan
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
+_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def write_metadata(plan: MergePlan, reports: list[dict], folder: Path, fingerprint: str) -> None:
+    """Write index, config, tokenizer files, generation config, card and report into `folder`."""
+    config = plan.config
+    base = plan.checkpoints[config.parents[0]]
+    weight_map = {job.name: plan.shard_names[job.shard] for job in plan.jobs}
+    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map})
+    _write_json(folder / "config.json", _model_config(base.config, plan))
+    tokenizer_dir = config.tokenizer_source or config.parents[0]
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, folder / name)
+    if (base.path / "generation_config.json").is_file():
+        shutil.copyfile(base.path / "generation_config.json", folder / "generation_config.json")
+    (folder / "mergekit_config.yml").write_text(yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None))
+    _write_json(folder / "merge_report.json", {**_report(plan, reports), "fingerprint": fingerprint})
+    (folder / "README.md").write_text(model_card(plan, reports))
+
+
+def _model_config(config: dict, plan: MergePlan) -> dict:
+    out = dict(config)
+    dtypes = {job.out_dtype for job in plan.jobs if job.out_dtype in _DTYPE_NAMES}
+    if len(dtypes) == 1:
+        name = _DTYPE_NAMES[dtypes.pop()]
+        keys = [k for k in ("dtype", "torch_dtype") if k in out] or ["torch_dtype"]
+        for key in keys:
+            out[key] = name
+    return out
+
+
+def _portable_recipe(plan: MergePlan) -> dict:
+    """The recipe as run, with parents named by folder (no machine paths in a shared model)."""
+    config = plan.config
+    recipe = {"merge_method": config.method}
+    if config.base:
+        recipe["base_model"] = config.base.name
+    recipe["models"] = [{"model": m.path.name, **({"parameters": m.parameters} if m.parameters else {})} for m in config.models]
+    if config.parameters:
+        recipe["parameters"] = config.parameters
+    for key in ("dtype", "out_dtype"):
+        if getattr(config, key):
+            recipe[key] = getattr(config, key)
+    return recipe
+
+
+def _report(plan: MergePlan, reports: list[dict]) -> dict:
+    by_name = {r["name"]: r for r in reports}
+    tensors = {}
+    for job in plan.jobs:
+        entry = {k: v for k, v in by_name[job.name].items() if k != "name"}
+        tensors[job.name] = entry
+    branches = [r.get("branch") for r in reports if r.get("branch")]
+    return {
+        "method": plan.config.method,
+        "parents": [p.name for p in plan.config.parents],
+        "num_layers": plan.num_layers,
+        "branch_counts": {b: branches.count(b) for b in sorted(set(branches))},
+        "tensors": tensors,
+    }
+
+
+def model_card(plan: MergePlan, reports: list[dict]) -> str:
+    config = plan.config
+    recipe = yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None).rstrip()
+    branches = [r.get("branch") for r in reports if r.get("branch")]
+    lines = [
+        "---",
+        "tags: [merge, hpcadapt-merge]",
+        f"base_model: {config.parents[0].name}",
+        "---",
+        f"# Merged model ({config.method})",
+        "",
+        f"Made with `hpcadapt-merge` by **{config.method}** of:",
+        "",
+        *[f"- `{p.name}`{' (base)' if p == config.base else ''}" for p in config.parents],
+        "",
+        f"{len(plan.jobs)} tensors, {plan.num_layers} layers, {plan.total_bytes / 1e9:.3f} GB in {len(plan.shard_names)} shard(s).",
+    ]
+    if config.method == "slerp":
+        lines += ["", "## Schedule", "", "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
+                  "```yaml", yaml.safe_dump({"t": config.parameters["t"]}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
+                  f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear (nearly colinear tensors). "
+                  "Per-tensor t, cosine and branch are in `merge_report.json`."]
+    lines += ["", "## Recipe", "", "```yaml", recipe, "```", ""]
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
