@@ -19,6 +19,8 @@ _ANSWER_PHRASE = re.compile(
     r"\b(?:answer|option|choice)\s*(?:is|would be|:)?\s*[:\-]?\s*[\[(\"'*]*([A-Za-z])(?![A-Za-z])",
     re.IGNORECASE,
 )
+# "... A or B", "A/B", "A and C": a second letter right after the first one.
+_ALTERNATIVE = re.compile(r"^[\])\"'*]*\s*(?:or|and|/|,)\s*[\[(\"'*]*([A-Za-z])(?![A-Za-z])", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -45,7 +47,13 @@ def parse_reply(reply: str, labels: tuple[str, ...], choices: tuple[str, ...] = 
         # Without a separator, a letter followed by words is a word ("A metal", "I think").
         if (separator or not rest) and letter.upper() in letters:
             return letter.upper()
-    found = {m.group(1).upper() for m in _ANSWER_PHRASE.finditer(text)} & set(letters)
+    found = set()
+    for match in _ANSWER_PHRASE.finditer(text):
+        found.add(match.group(1).upper())
+        alternative = _ALTERNATIVE.match(text[match.end():])
+        if alternative:
+            found.add(alternative.group(1).upper())
+    found &= set(letters)
     if len(found) == 1:
         return found.pop()
     return None

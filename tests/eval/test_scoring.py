@@ -1,0 +1,107 @@
+"""Scorers on tiny real models: exact log-likelihoods, batching invariance, memorize vs chance."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from hpcadapt.eval.benchmark import BenchmarkError, read_benchmark_file
+from hpcadapt.eval.model_dir import ModelDirError, load_model, load_tokenizer
+from hpcadapt.eval.prompts import chat_prompt
+from hpcadapt.eval.results import EvalResults
+from hpcadapt.eval.scoring import greedy_replies, perplexity, score_loglik
+from hpcadapt.eval.suite import evaluate_models
+
+
+@pytest.fixture(scope="module")
+def untrained(untrained_dir):
+    return load_model(untrained_dir, "cpu"), load_tokenizer(untrained_dir)
+
+
+def test_loglik_equals_direct_computation(untrained, bench_file):
+    import torch
+
+    model, tokenizer = untrained
+    questions = read_benchmark_file(bench_file)[8:16]  # multiple choice and true/false, varied lengths
+    records = score_loglik(model, tokenizer, questions, batch_size=3)
+    for question, record in zip(questions, records):
+        context = tokenizer(chat_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+        direct = []
+        for choice in question.choices:
+            continuation = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([context + continuation])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+            direct.append(sum(float(logprobs[len(context) + k - 1, tok]) for k, tok in enumerate(continuation)))
+        assert record["choice_loglik"] == pytest.approx(direct, abs=1e-4)
+        best = max(range(len(direct)), key=direct.__getitem__)
+        best_norm = max(range(len(direct)), key=lambda i: direct[i] / len(question.choices[i]))
+        assert record["pred"] == question.labels[best]
+        assert record["pred_norm"] == question.labels[best_norm]
+        assert record["acc"] == float(best == question.gold_index)
+        assert record["acc_norm"] == float(best_norm == question.gold_index)
+
+
+def test_left_padded_batches_generate_what_single_prompts_do(untrained, bench_file):
+    model, tokenizer = untrained
+    prompts = [chat_prompt(tokenizer, q) for q in read_benchmark_file(bench_file)[::3]]
+    assert len({len(p) for p in prompts}) > 1
+    batched = greedy_replies(model, tokenizer, prompts, batch_size=8, max_new_tokens=6)
+    single = greedy_replies(model, tokenizer, prompts, batch_size=1, max_new_tokens=6)
+    assert batched == single
+    assert tokenizer.padding_side == "right"  # restored
+
+
+def test_perplexity_matches_the_models_own_loss(untrained):
+    import torch
+
+    model, tokenizer = untrained
+    texts = ["The iron and copper alloy was annealed.", "Gold is soft."]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    with torch.no_grad():
+        nll = sum(float(model(input_ids=torch.tensor([i]), labels=torch.tensor([i])).loss) * (len(i) - 1) for i in ids)
+    expected = math.exp(nll / sum(len(i) - 1 for i in ids))
+    assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_memorized_model_scores_one_and_untrained_near_chance(eval_results, tmp_path):
+    results, out_dir = eval_results
+    summary = results.summary()
+    trained, untrained = summary["trained"]["domain"], summary["untrained"]["domain"]
+    assert trained["loglik_acc"] == trained["loglik_acc_norm"] == trained["generate_acc"] == 1.0
+    assert trained["unparseable"] == 0
+    chance = (12 * 1 / 4 + 8 * 1 / 2) / 20
+    assert abs(untrained["loglik_acc"] - chance) <= 0.25
+    assert untrained["generate_acc"] <= 0.5
+    assert all(p is not None and p > 1 for p in results.perplexity.values())
+    # written files: per-question records and the table, reloadable
+    reloaded = EvalResults.load(out_dir)
+    assert reloaded.summary() == json.loads(json.dumps(summary))
+    assert len(reloaded.records["trained"]["generate"]) == 20
+    table = (out_dir / "table.md").read_text()
+    assert table.strip() == results.table_text()
+    assert "| trained" in table and "domain gen acc" in table and "0/20" in table
+
+
+def test_model_folder_errors_come_before_loading(untrained_dir, bench_file, tmp_path, monkeypatch):
+    import hpcadapt.eval.suite as suite
+
+    monkeypatch.setattr(suite, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    no_tokenizer = shutil.copytree(untrained_dir, tmp_path / "no_tokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    no_template = shutil.copytree(untrained_dir, tmp_path / "no_template")
+    (no_template / "chat_template.jinja").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(ModelDirError, match=r"cpt \(.*no_tokenizer\): no tokenizer"):
+        evaluate_models({"start": untrained_dir, "cpt": no_tokenizer}, [bench_file], None, out)
+    with pytest.raises(ModelDirError, match=r"sft \(.*no_template\): no chat template"):
+        evaluate_models({"start": untrained_dir, "sft": no_template}, [bench_file], None, out)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(BenchmarkError, match="empty.jsonl: empty benchmark file"):
+        evaluate_models({"start": untrained_dir}, [bench_file, empty], None, out)
+    assert not out.exists()
