@@ -78,7 +78,8 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
     def add_stage(name: str, kind: str, inputs: dict[str, Any], settings: dict[str, Any], deps: list[str],
                   procs: int, extra_spec: dict[str, Any]) -> StagePlan:
         loading = model_loading(cfg)
-        digest = stable_hash({"v": PLAN_VERSION, "kind": kind, "settings": settings, "inputs": inputs,
+        semantic = {k: v for k, v in settings.items() if k not in NON_SEMANTIC}
+        digest = stable_hash({"v": PLAN_VERSION, "kind": kind, "settings": semantic, "inputs": inputs,
                               "loading": {k: loading[k] for k in ("dtype", "attn_implementation")}})
         stage_dir = stages_root / f"{name}-{digest[:12]}"
         spec = {
@@ -110,7 +111,7 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
 
     def add_training(name: str, input_ref: str | None) -> None:
         stage_cfg = cfg.stages[name]
-        settings = {k: v for k, v in to_dict(stage_cfg).items() if k not in NON_SEMANTIC}
+        settings = to_dict(stage_cfg)
         sources = mix_sources(cfg, stage_cfg.data, stage_cfg.kind) if stage_cfg.data else []
         inputs: dict[str, Any] = {"data": [{**s, "identity": data_identity(s["path"])} for s in sources]}
         deps: list[str] = []

@@ -1,0 +1,122 @@
+"""Run a whole pipeline on this machine: plan, check, run each unfinished stage, report.
+
+Everything that can be wrong with the input (data files, rows, model folders, chat
+templates, an unwritable output folder) is checked before the first stage starts, so
+a typo costs seconds, not a failed CPT run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcadapt.errors import HpcadaptError, ModelError, StageFailed
+from hpcadapt.plan import PipelinePlan, plan_pipeline, write_specs
+from hpcadapt.preflight import CHAT_KINDS, has_chat_template_files
+from hpcadapt.stagedir import is_complete
+
+
+def run_local(cfg: Any) -> PipelinePlan:
+    started = time.time()
+    check_writable(Path(cfg.output_root))
+    prepare_data(cfg)
+    plan = plan_pipeline(cfg)
+    check_models(plan, cfg)
+    print_plan(plan)
+    if cfg.dry_run:
+        return plan
+    write_specs(plan)
+    from hpcadapt.launch.local import run_stage_local
+
+    total = len(plan.stages)
+    for i, stage in enumerate(plan.stages, start=1):
+        if stage.done:
+            print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}): already complete, skipped", flush=True)
+            continue
+        print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}) on {stage.nprocs} process(es) "
+              f"-> {stage.stage_dir}", flush=True)
+        t0 = time.time()
+        run_stage_local(stage)
+        if not is_complete(stage.stage_dir):
+            raise StageFailed(f"stage {stage.name!r} exited cleanly but {stage.stage_dir} is not complete")
+        print(f"[stage {i}/{total}] {stage.name} done in {time.time() - t0:.1f} s", flush=True)
+    link_stages(plan)
+    report(plan)
+    print(f"\nhpcadapt: pipeline {plan.name} finished in {time.time() - started:.1f} s; run folder {plan.run_dir}")
+    return plan
+
+
+def check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise HpcadaptError(f"output folder {root} is not writable ({e.strerror}); set output_root=... "
+                            f"or HPCADAPT_OUTPUT to a folder you can write") from None
+
+
+def prepare_data(cfg: Any) -> None:
+    """Write generated datasets (the demo's fictional domain) before planning hashes them."""
+    if cfg.data.generate == "tiny_domain":
+        from hpcadapt.demo.domain import generate_domain
+
+        generate_domain(Path(cfg.output_root) / "demo_data")
+    elif cfg.data.generate:
+        raise HpcadaptError(f"data.generate={cfg.data.generate!r} is unknown; the only generator is 'tiny_domain'")
+
+
+def check_models(plan: PipelinePlan, cfg: Any) -> None:
+    """Local start models must be complete folders with the tokenizer files the chain needs."""
+    chat_stage = next((s.name for s in plan.stages if s.kind in CHAT_KINDS), None)
+    for stage in plan.stages:
+        path = stage.spec.get("input_model")
+        if not path or stage.done or not Path(path).is_dir() or stage.depends_on:
+            continue  # hub ids, and models produced by this pipeline, are checked when loaded
+        model_dir = Path(path)
+        if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise ModelError(f"model folder {model_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        if chat_stage and not cfg.model.chat_template_file and not has_chat_template_files(model_dir):
+            raise ModelError(
+                f"model folder {model_dir} has no chat template, but stage {chat_stage!r} formats conversations. "
+                f"hpcadapt never substitutes a generic template: set model.chat_template_file to a Jinja file."
+            )
+
+
+def print_plan(plan: PipelinePlan) -> None:
+    print(f"hpcadapt: pipeline {plan.name}: {len(plan.stages)} stages, run folder {plan.run_dir}")
+    for i, s in enumerate(plan.stages, start=1):
+        state = "done" if s.done else "to run"
+        after = f" after {', '.join(s.depends_on)}" if s.depends_on else ""
+        print(f"  {i}. {s.name:<14} {s.kind:<9} {state:<7} {s.stage_dir.name}{after}")
+
+
+def link_stages(plan: PipelinePlan) -> None:
+    """`runs/<pipeline>/<stage>` links to the hash-named stage folders, for humans."""
+    for s in plan.stages:
+        link = plan.run_dir / s.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(s.stage_dir, plan.run_dir))
+
+
+def report(plan: PipelinePlan) -> None:
+    """Print the evaluation table (and synergy summary) and copy them into the run folder."""
+    evals = [s for s in plan.stages if s.kind == "eval"]
+    if not evals:
+        return
+    out = evals[0].stage_dir
+    for name in ("table.md", "synergy/report.md"):
+        src = out / name
+        if src.is_file():
+            shutil.copyfile(src, plan.run_dir / Path(name).name.replace("report", "synergy"))
+    table = out / "table.md"
+    if table.is_file():
+        print("\n" + table.read_text())
+    summary = out / "synergy" / "summary.txt"
+    if summary.is_file():
+        print(summary.read_text())

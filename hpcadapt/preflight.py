@@ -1,0 +1,81 @@
+"""Checks that catch the classic silent failures of domain-adaptation runs before training.
+
+From the paper's original scripts and user reports: a pad token equal to eos masks the
+eos label so the model never learns to stop; a missing chat template made libraries
+fall back to a generic one; a template that already contains bos plus a tokenizer that
+adds one more gives every sequence two. Each is either repaired with a notice (pad) or
+stopped with a clear error (template, double bos).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hpcadapt.errors import ModelError
+
+CHAT_KINDS = ("sft", "dpo", "orpo", "kto", "simpo")
+# Reserved tokens that some model families ship for padding; used before adding one.
+KNOWN_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|padding|>")
+
+
+def has_chat_template_files(model_dir: Path) -> bool:
+    """Whether a local model folder ships a chat template (checked without transformers)."""
+    if (model_dir / "chat_template.jinja").is_file() or (model_dir / "chat_template.json").is_file():
+        return True
+    cfg = model_dir / "tokenizer_config.json"
+    return cfg.is_file() and bool(json.loads(cfg.read_text()).get("chat_template"))
+
+
+def ensure_chat_template(tokenizer, kind: str, spec: dict[str, Any], model_path: str) -> list[str]:
+    if kind not in CHAT_KINDS or tokenizer.chat_template:
+        return []
+    template_file = spec["model_loading"].get("chat_template_file")
+    if template_file:
+        tokenizer.chat_template = Path(template_file).read_text()
+        return [f"installed the chat template from {template_file}"]
+    raise ModelError(
+        f"the tokenizer of {model_path} has no chat template, and the {kind} stage formats conversations with "
+        f"one. hpcadapt never substitutes a generic template; set model.chat_template_file to a Jinja file "
+        f"(e.g. the Instruct model's chat_template.jinja)."
+    )
+
+
+def ensure_pad_token(tokenizer, model) -> list[str]:
+    """Give the tokenizer a pad token distinct from eos, reusing a reserved one if it exists."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return []
+    vocab = tokenizer.get_vocab()
+    old = tokenizer.pad_token
+    for candidate in KNOWN_PAD_TOKENS:
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            note = f"pad token was {old!r} (same as eos or missing); using the reserved token {candidate!r}"
+            break
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        note = f"pad token was {old!r} (same as eos or missing); added '<|pad|>' and resized the embeddings"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    print(f"hpcadapt: {note}", flush=True)
+    return [note]
+
+
+def check_no_double_bos(token_ids: list[int], tokenizer, what: str) -> None:
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(token_ids) >= 2 and token_ids[0] == bos and token_ids[1] == bos:
+        raise ModelError(
+            f"{what} starts with two bos tokens: the chat template adds one and tokenization adds another. "
+            f"Fix the template (drop its bos_token) or the tokenizer's add_bos_token setting."
+        )
+
+
+def check_first_example(trainer, tokenizer, kind: str) -> None:
+    """Look at the first tokenized example exactly as the trainer will feed it."""
+    row = trainer.train_dataset[0]
+    for column in ("input_ids", "prompt_input_ids", "chosen_input_ids", "completion_input_ids"):
+        if column in row:
+            check_no_double_bos(list(row[column]), tokenizer, f"the first {kind} example ({column})")

@@ -1,0 +1,41 @@
+"""DPO: direct preference optimisation against a frozen reference copy of the input model.
+
+Runs as one stage of a pipeline, e.g.
+    python -m hpcadapt +experiment=smollm_dpo
+
+The reference model is loaded with `from_pretrained` (never deep-copied: under ZeRO-3 a
+copy of a partitioned model is empty) and kept in eval mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcadapt import preflight, tracking, training
+from hpcadapt.datamix import load_mix
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    env = training.setup(spec)
+    s = spec["settings"]
+    tracking.start_run(spec)
+    tokenizer = training.load_tokenizer(spec["input_model"], spec)
+    notes = preflight.ensure_chat_template(tokenizer, "dpo", spec, spec["input_model"])
+    dataset = load_mix(spec["data_sources"], "dpo", seed=s["seed"])
+    args = DPOConfig(**training.with_extra({
+        **training.trainer_kwargs(spec, env),
+        "beta": s["beta"],
+        "loss_type": s["loss_type"] or "sigmoid",
+        "max_length": s["max_length"],
+    }, spec))
+    model = training.load_model(spec["input_model"], spec, env)
+    ref_model = training.load_model(spec["input_model"], spec, env).eval()
+    notes += preflight.ensure_pad_token(tokenizer, model)
+    if ref_model.get_input_embeddings().weight.shape[0] != model.get_input_embeddings().weight.shape[0]:
+        ref_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    preflight.check_first_example(trainer, tokenizer, "dpo")
+    metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
+    return metrics

@@ -1,0 +1,36 @@
+"""KTO: Kahneman-Tversky optimisation, from preference pairs split into unpaired examples.
+
+Runs as one stage of a pipeline: add `/stage@stages.kto: kto` to an experiment.
+Each (prompt, chosen, rejected) row becomes a desirable and an undesirable example.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcadapt import preflight, tracking, training
+from hpcadapt.datamix import load_mix
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from trl import KTOConfig, KTOTrainer
+    from trl.data_utils import unpair_preference_dataset
+
+    env = training.setup(spec)
+    s = spec["settings"]
+    tracking.start_run(spec)
+    tokenizer = training.load_tokenizer(spec["input_model"], spec)
+    notes = preflight.ensure_chat_template(tokenizer, "kto", spec, spec["input_model"])
+    dataset = unpair_preference_dataset(load_mix(spec["data_sources"], "kto", seed=s["seed"]))
+    args = KTOConfig(**training.with_extra({
+        **training.trainer_kwargs(spec, env), "beta": s["beta"], "max_length": s["max_length"],
+    }, spec))
+    model = training.load_model(spec["input_model"], spec, env)
+    ref_model = training.load_model(spec["input_model"], spec, env).eval()
+    notes += preflight.ensure_pad_token(tokenizer, model)
+    if ref_model.get_input_embeddings().weight.shape[0] != model.get_input_embeddings().weight.shape[0]:
+        ref_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    preflight.check_first_example(trainer, tokenizer, "kto")
+    metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
+    return metrics

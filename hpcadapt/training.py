@@ -1,0 +1,327 @@
+"""What every training recipe shares: devices and DeepSpeed, trainer settings, resume,
+preemption, and a verified save.
+
+The recipes in `hpcadapt/stages/` stay short because the cluster-facing details live
+here, once:
+- one code path for CPU and GPU: bf16 only where the GPU supports it, gloo on CPU;
+- DeepSpeed is initialised *before* the TRL config is built, otherwise accelerate sets
+  up only torch's process group and DeepSpeed's batch-size check fails;
+- the global batch is fixed by the experiment and gradient accumulation derived from
+  the world size;
+- a stage resumes from its newest checkpoint, refusing a different world size;
+- the final save is checked against the parameter count, since a ZeRO-3 save without
+  16-bit gathering silently writes empty tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcadapt.config import ConfigError
+from hpcadapt.errors import ModelError
+
+
+@dataclass
+class Env:
+    rank: int
+    local_rank: int
+    world_size: int
+    cuda: bool
+    bf16: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(spec: dict[str, Any]) -> Env:
+    """Read the distributed environment and start DeepSpeed/torch.distributed if needed."""
+    import torch
+
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    dtype = spec["model_loading"]["dtype"]
+    bf16 = cuda and dtype == "bfloat16" and torch.cuda.is_bf16_supported()
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if spec["deepspeed"]["enabled"]:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    elif world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend)
+    return Env(rank=rank, local_rank=local_rank, world_size=world, cuda=cuda, bf16=bf16)
+
+
+def deepspeed_config(ds: dict[str, Any]) -> dict[str, Any] | None:
+    """The DeepSpeed JSON, with "auto" values that the HF Trainer fills from its arguments."""
+    if not ds["enabled"]:
+        return None
+    zero: dict[str, Any] = {
+        "stage": ds["stage"],
+        "overlap_comm": ds["overlap_comm"],
+        "contiguous_gradients": ds["contiguous_gradients"],
+        "reduce_bucket_size": "auto",
+    }
+    if ds["stage"] == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": ds["gather_16bit_weights_on_model_save"],
+        })
+        if ds["offload_params"]:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if ds["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "zero_allow_untested_optimizer": True,
+        "wall_clock_breakdown": False,
+    }
+
+
+def trainer_kwargs(spec: dict[str, Any], env: Env) -> dict[str, Any]:
+    """Arguments common to every TRL config, from the stage's settings."""
+    s = spec["settings"]
+    per_step = s["per_device_train_batch_size"] * env.world_size
+    if s["global_batch_size"] % per_step:
+        raise ConfigError(
+            f"stages.{spec['name']}.global_batch_size ({s['global_batch_size']}) is not a multiple of "
+            f"per_device_train_batch_size ({s['per_device_train_batch_size']}) x world size ({env.world_size})"
+        )
+    wandb_on = spec["wandb"]["enabled"] and spec["wandb"].get("mode") != "disabled"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(Path(spec["staging_dir"]) / "checkpoints"),
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type=s["lr_scheduler_type"],
+        # transformers 5 reads a value below 1 as a fraction of the total steps
+        warmup_steps=s["warmup_steps"] if s["warmup_steps"] > 0 else s["warmup_ratio"],
+        num_train_epochs=s["num_train_epochs"],
+        max_steps=s["max_steps"],
+        per_device_train_batch_size=s["per_device_train_batch_size"],
+        gradient_accumulation_steps=s["global_batch_size"] // per_step,
+        weight_decay=s["weight_decay"],
+        max_grad_norm=s["max_grad_norm"],
+        seed=s["seed"],
+        data_seed=s["seed"],
+        logging_steps=s["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=s["save_steps"],
+        save_total_limit=2,
+        report_to=["wandb"] if wandb_on else [],
+        run_name=f"{spec['wandb']['group']}/{spec['name']}",
+        use_cpu=not env.cuda,
+        bf16=env.bf16,
+        fp16=False,
+        deepspeed=deepspeed_config(spec["deepspeed"]),
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    if s["gradient_checkpointing"]:
+        kwargs["activation_checkpointing"] = True
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return kwargs
+
+
+def with_extra(kwargs: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Apply `stages.NAME.extra` last, so users can set any TRL option we do not model."""
+    return {**kwargs, **spec["settings"].get("extra", {})}
+
+
+def load_tokenizer(path: str, spec: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    loading = spec["model_loading"]
+    return AutoTokenizer.from_pretrained(
+        path, revision=loading["revision"], trust_remote_code=loading["trust_remote_code"]
+    )
+
+
+def load_model(path: str, spec: dict[str, Any], env: Env):
+    """Load weights from safetensors only. Call after the TRL config exists (ZeRO-3 init)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loading = spec["model_loading"]
+    dtype = torch.bfloat16 if env.bf16 else torch.float32
+    attn = loading["attn_implementation"]
+    if attn == "flash_attention_2" and not env.cuda:
+        attn = "sdpa"  # flash-attention needs a GPU; sdpa computes the same thing
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        attn_implementation=attn,
+        revision=loading["revision"],
+        trust_remote_code=loading["trust_remote_code"],
+        use_safetensors=True,
+    )
+    return model
+
+
+class PreemptionCallback:
+    """Stops training at the next step boundary once any rank was asked to stop.
+
+    All ranks must stop at the same step or the checkpoint would be torn, so the flag is
+    reduced across ranks each step (a few microseconds on gloo, negligible on NCCL).
+    """
+
+    def __new__(cls):  # build the real subclass lazily so this module imports without transformers
+        from transformers import TrainerCallback
+
+        from hpcadapt import worker
+
+        class _Callback(TrainerCallback):
+            preempted = False
+
+            def on_step_end(self, args, state, control, **kwargs):
+                import torch
+                import torch.distributed as dist
+
+                flag = worker.stop_requested()
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+                    t = torch.tensor([1.0 if flag else 0.0], device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    flag = bool(t.item())
+                if flag:
+                    self.preempted = True
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return _Callback()
+
+
+def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
+    """The newest checkpoint of an interrupted attempt, checked against this world size."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    staging = Path(spec["staging_dir"])
+    ckpt_root = staging / "checkpoints"
+    record = staging / "world_size.json"
+    last = get_last_checkpoint(str(ckpt_root)) if ckpt_root.is_dir() else None
+    if last and record.is_file():
+        before = json.loads(record.read_text())["world_size"]
+        if before != env.world_size:
+            raise ModelError(
+                f"stage {spec['name']} has a checkpoint ({last}) written by {before} processes, but this run has "
+                f"{env.world_size}. DeepSpeed checkpoints cannot be resumed on a different world size: run the stage "
+                f"again with {before} processes (cluster.nprocs, or nodes x tasks_per_node on Slurm), or delete "
+                f"{ckpt_root} to restart the stage from its input model."
+            )
+    if env.is_main:
+        record.write_text(json.dumps({"world_size": env.world_size}))
+    return last
+
+
+def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: list[str]) -> dict[str, Any]:
+    """Train (resuming if possible), save the complete model folder, verify, report."""
+    import torch.distributed as dist
+
+    from hpcadapt import worker
+
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(spec, env))
+    if preemption.preempted:
+        raise worker.StagePreempted(f"stage {spec['name']} stopped at step {trainer.state.global_step} on request")
+    out = Path(spec["staging_dir"])
+    trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
+    if env.is_main:
+        tokenizer.save_pretrained(str(out))
+        model = trainer.model
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.pad_token_id = tokenizer.pad_token_id
+            gen.eos_token_id = tokenizer.eos_token_id
+            gen.save_pretrained(str(out))
+        verify_saved(out, expected_parameters(trainer.model), spec)
+        write_history(trainer.state.log_history, out, spec["name"])
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "runtime_s": result.metrics.get("train_runtime"),
+        "world_size": env.world_size,
+        "notes": notes,
+    }
+
+
+def expected_parameters(model) -> int:
+    """Full parameter count, also under ZeRO-3 where each rank holds only a shard."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += getattr(p, "ds_numel", None) or p.numel()
+    return total
+
+
+def saved_parameters(model_dir: Path) -> int:
+    """Element count of every tensor in the folder's safetensors files (headers only)."""
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for d in info["shape"]:
+                count *= d
+            total += count
+    return total
+
+
+def verify_saved(model_dir: Path, expected: int, spec: dict[str, Any]) -> None:
+    saved = saved_parameters(model_dir)
+    if saved < expected:
+        raise ModelError(
+            f"stage {spec['name']}: the saved weights in {model_dir} hold {saved:,} parameters but the model has "
+            f"{expected:,}. Under ZeRO-3 set deepspeed.gather_16bit_weights_on_model_save=true, or consolidate "
+            f"the checkpoint with DeepSpeed's zero_to_fp32."
+        )
+
+
+def write_history(history: list[dict[str, Any]], out: Path, name: str) -> None:
+    """The Trainer's log as JSON plus a loss curve, in the stage folder."""
+    (out / "train_log.json").write_text(json.dumps(history, indent=1))
+    points = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    if len(points) < 2:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{name}: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Run one stage in one process: `python -m hpcadapt.worker SPEC.json`.
+
+Every rank of a stage runs this, locally (hpcadapt/launch/local.py starts N of them) or
+as Slurm tasks (hpcadapt/launch/slurm_job.py), with the torch distributed environment
+(`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) already set. The
+stage's recipe is `hpcadapt/stages/<kind>.py`; rank 0 finalizes the folder at the end.
+
+A job that finds its stage already complete returns at once, so requeues and duplicate
+submissions are harmless.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hpcadapt import tracking
+from hpcadapt.stagedir import finalize, is_complete
+
+_stop = threading.Event()
+
+RECIPES = {
+    "tiny_init": "tiny_init",
+    "cpt": "cpt",
+    "sft": "sft",
+    "dpo": "dpo",
+    "orpo": "orpo",
+    "kto": "kto",
+    "simpo": "simpo",
+    "merge": "merge",
+    "eval": "evaluate",
+}
+
+
+class StagePreempted(Exception):
+    """Training stopped on request after saving a checkpoint; the job should be requeued."""
+
+
+def request_stop() -> None:
+    """Ask the running stage to checkpoint and stop at the next step (signal-handler safe)."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def run_stage(spec_path: str | Path) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    if is_complete(Path(spec["stage_dir"])):
+        print(f"hpcadapt: stage {spec['name']} is already complete: {spec['stage_dir']}", flush=True)
+        return
+    Path(spec["staging_dir"]).mkdir(parents=True, exist_ok=True)
+    recipe = importlib.import_module(f"hpcadapt.stages.{RECIPES[spec['kind']]}")
+    started = time.time()
+    metrics = recipe.run(spec)
+    if int(os.environ.get("RANK", 0)) == 0:
+        metrics = {**(metrics or {}), "wall_s": round(time.time() - started, 2)}
+        final = finalize(spec, metrics)
+        tracking.close_run(spec)
+        print(f"hpcadapt: stage {spec['name']} complete: {final}", flush=True)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m hpcadapt.worker SPEC.json")
+    from hpcadapt.errors import HpcadaptError
+
+    try:
+        run_stage(sys.argv[1])
+    except HpcadaptError as e:
+        print(f"\nhpcadapt: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except StagePreempted as e:
+        print(f"hpcadapt: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
