@@ -31,6 +31,15 @@ class EvalResults:
     perplexity: dict[str, float | None] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
+    def add_model(self, name: str, source: "EvalResults", source_name: str | None = None) -> None:
+        """Copy one model's records from other results on the same questions (e.g. a sweep's schedule)."""
+        source_name = source_name or name
+        if source.protocols != self.protocols or source.sets != self.sets:
+            raise ValueError(f"cannot add {source_name!r}: scored with other protocols or sets")
+        self.models[name] = source.models[source_name]
+        self.records[name] = source.records[source_name]
+        self.perplexity[name] = source.perplexity.get(source_name)
+
     def metrics(self) -> list[str]:
         """Metric names available for these protocols, e.g. "generate_acc"."""
         return [name for name, (protocol, _) in METRICS.items() if protocol in self.protocols]

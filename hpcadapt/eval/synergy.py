@@ -117,7 +117,7 @@ def synergy_report(
 
     `sweep` (a sweep.SweepResult) adds the ranking of several schedules and the
     score-against-schedule plot. `t_spec` adds the schedule-over-depth plot; the layer
-    count is read from the merged model's config.json when not given.
+    count is read from the merged model's (else a parent's) config.json when not given.
     """
     from .plots import plot_accuracy_by_group, plot_schedule, plot_sweep
 
@@ -138,7 +138,11 @@ def synergy_report(
     files = {"accuracy_by_category.png": plot_accuracy_by_group(
         accuracy, f"{report.primary_metric} per group", out / "accuracy_by_category.png")}
     if t_spec is not None:
-        num_layers = num_layers or num_layers_of(results.models[merged])
+        if num_layers is None:
+            folders = [results.models[name] for name in (merged, *parents) if Path(results.models[name]).is_dir()]
+            if not folders:
+                raise ValueError("t_spec given without num_layers, and no model folder to read num_hidden_layers from")
+            num_layers = num_layers_of(folders[0])
         files["t_schedule.png"] = plot_schedule(t_spec, num_layers, out / "t_schedule.png")
         report.schedule = {"t_spec": t_spec, "num_layers": num_layers}
     if sweep is not None:

@@ -31,10 +31,11 @@ def heldout_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def untrained_dir(tmp_path_factory, rows) -> str:
-    from hpcadapt.tiny import build_tiny_model_dir
+    from hpcadapt.tiny import TinyShape, build_tiny_model_dir
 
     out = tmp_path_factory.mktemp("untrained") / "model"
-    return str(build_tiny_model_dir(out, tokenizer_corpus(rows), vocab_size=512, seed=0))
+    shape = TinyShape(hidden_size=64, intermediate_size=176)  # 4 layers, so schedules vary over depth
+    return str(build_tiny_model_dir(out, tokenizer_corpus(rows), vocab_size=512, shape=shape, seed=0))
 
 
 @pytest.fixture(scope="session")

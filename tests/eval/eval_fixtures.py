@@ -40,7 +40,7 @@ def tokenizer_corpus(rows: list[dict]) -> list[str]:
     texts = [r["question"] + " " + " ".join(r.get("choices", [])) for r in rows]
     return texts * 3 + [INSTRUCTION + ANSWER_LEAD + " True False Answer A) B) C) D)"] * 3
 
-def train_to_memorize(model_dir: str, rows: list[dict], out_dir, steps: int = 150, seed: int = 0, lr: float = 3e-3):
+def train_to_memorize(model_dir: str, rows: list[dict], out_dir, steps: int = 120, seed: int = 0, lr: float = 3e-3):
     """Plain full-batch AdamW on prompt + correct choice text + eos, loss on the answer only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
