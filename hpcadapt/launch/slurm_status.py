@@ -10,10 +10,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 from hpcadapt.errors import HpcadaptError
 
+SQUEUE_FORMAT = "%i|%j|%T|%M|%N|%r"
 SACCT_FIELDS = ("JobID", "JobName", "State", "ExitCode", "Elapsed", "NodeList", "Reason")
 FINISHED_OK = {"COMPLETED"}
 STILL_GOING = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD"}
@@ -51,31 +53,98 @@ class JobRecord:
 
 
 def query_jobs(job_ids: Iterable[str]) -> dict[str, JobRecord]:
-    """Records for the given job ids (array ids expand to their tasks)."""
+    """Records for the given job ids (array ids expand to their tasks).
+
+    Accounting learns of a job a moment after sbatch returns, so jobs still in the
+    queue are taken from squeue, which also gives a pending job's reason.
+    """
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
     out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)])
     records = parse_sacct(out)
-    pending = [r.job_id for r in records.values() if r.state == "PENDING"]
-    if pending:
-        for job_id, reason in _squeue_reasons(pending).items():
-            if job_id in records:
-                records[job_id].pending_reason = reason
+    queued = parse_squeue(_run(["squeue", "-h", "--me", "-o", SQUEUE_FORMAT]))
+    wanted = set(ids)
+    for job_id, record in queued.items():
+        if job_id not in wanted and job_id.split("_")[0] not in wanted:
+            continue
+        if job_id not in records or record.state in STILL_GOING:
+            records[job_id] = record
     return records
 
 
-def _squeue_reasons(job_ids: list[str]) -> dict[str, str]:
-    try:
-        out = _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i|%r"])
-    except SlurmUnavailable:
-        return {}
-    reasons = {}
-    for line in out.splitlines():
-        if "|" in line:
-            job_id, reason = line.split("|", 1)
-            reasons[job_id.strip()] = reason.strip()
-    return reasons
+def queued_jobs(job_ids: Iterable[str]) -> dict[str, JobRecord]:
+    """The given jobs that are still in the queue (pending, running, requeued)."""
+    wanted = {str(j) for j in job_ids if j}
+    queued = parse_squeue(_run(["squeue", "-h", "--me", "-o", SQUEUE_FORMAT]))
+    return {job_id: r for job_id, r in queued.items() if job_id in wanted}
+
+
+@dataclass
+class StageStatus:
+    """One row of `status=true`: a stage, its job and, for failures, why and the log's end."""
+
+    stage: str
+    job_id: Optional[str]
+    state: str  # COMPLETE (manifest), NOT SUBMITTED, or the job's Slurm state
+    elapsed: str
+    log: str
+    reason: str = ""
+    log_tail: str = ""
+
+
+def pipeline_status(run_dir: Path, tail_lines: int = 15) -> list[StageStatus]:
+    """Each stage of the submission recorded in `run_dir`, joined with sacct and manifests."""
+    from hpcadapt.launch.slurm_record import read_record
+    from hpcadapt.stagedir import is_complete
+
+    record = read_record(run_dir)
+    if record is None:
+        raise HpcadaptError(f"{run_dir} has no Slurm submission record (slurm_jobs.json): was it submitted with "
+                            "cluster=slurm and the same overrides?")
+    jobs = query_jobs([s.job_id for s in record.stages if s.job_id])
+    rows = []
+    for info in record.stages:
+        job = jobs.get(info.job_id or "")
+        if is_complete(Path(info.stage_dir)):
+            state, reason = "COMPLETE", ""
+        elif job is None:
+            state, reason = ("NOT SUBMITTED" if not info.job_id else "UNKNOWN"), ""
+        else:
+            state, reason = job.state, job.reason()
+            if job.state == "COMPLETED":
+                state, reason = "COMPLETED", "the job ended but the stage folder is not complete"
+        row = StageStatus(info.stage, info.job_id, state, job.elapsed if job else "", info.log_err or info.log_out,
+                          reason)
+        if reason and job is not None and job.state not in ("PENDING", "CANCELLED"):
+            row.log_tail = log_tail([Path(info.log_err), Path(info.log_out)], tail_lines)
+        rows.append(row)
+    return rows
+
+
+def print_status(cfg: Any) -> list[StageStatus]:
+    """`python -m hpcadapt ... status=true` for a pipeline submitted to Slurm."""
+    from hpcadapt.plan import plan_pipeline
+
+    rows = pipeline_status(plan_pipeline(cfg).run_dir)
+    print(f"{'stage':<14} {'job':<10} {'state':<16} {'elapsed':<10} log")
+    for r in rows:
+        print(f"{r.stage:<14} {r.job_id or '-':<10} {r.state:<16} {r.elapsed or '-':<10} {r.log or '-'}")
+        if r.reason:
+            print(f"{'':<14} reason: {r.reason}")
+        if r.log_tail:
+            print("\n".join(f"{'':<14} | {line}" for line in r.log_tail.splitlines()))
+    return rows
+
+
+def log_tail(paths: list[Path], lines: int) -> str:
+    """The last lines of the first of `paths` that has any text (stderr before stdout)."""
+    for path in paths:
+        if str(path) not in ("", ".") and path.is_file():
+            text = path.read_text(errors="replace").rstrip()
+            if text:
+                return "\n".join(text.splitlines()[-lines:])
+    return ""
 
 
 def _run(cmd: list[str]) -> str:
@@ -131,6 +200,19 @@ def parse_sacct(text: str) -> dict[str, JobRecord]:
     return records
 
 
+def parse_squeue(text: str) -> dict[str, JobRecord]:
+    """Parse `squeue -h -o '%i|%j|%T|%M|%N|%r'` lines (job, name, state, time, nodes, reason)."""
+    records = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 6:
+            continue
+        job_id, name, state, elapsed, node_list, reason = parts[:6]
+        records[job_id] = JobRecord(job_id=job_id, name=name, state=state, exit_code=0, signal=0, elapsed=elapsed,
+                                    node_list=node_list, pending_reason="" if reason == "None" else reason)
+    return records
+
+
 def explain(record: JobRecord) -> str:
     """A one-line reason for a job that failed or cannot start; '' for a healthy one."""
     state = record.state
@@ -147,7 +229,9 @@ def explain(record: JobRecord) -> str:
     if state == "TIMEOUT":
         return f"time limit reached after {record.elapsed} (raise cluster.timeout_min or cluster.max_num_timeout)"
     if state == "CANCELLED":
-        if record.pending_reason == "DependencyNeverSatisfied":
+        # --kill-on-invalid-dep cancels a dependant without a user; sacct keeps "Dependency".
+        never_started = record.node_list in ("", "None assigned")
+        if not record.cancelled_by and (record.pending_reason.startswith("Dependency") or never_started):
             return "cancelled: a job it depends on did not complete (dependency never satisfied)"
         who = f" by uid {record.cancelled_by}" if record.cancelled_by else ""
         return f"cancelled{who}"

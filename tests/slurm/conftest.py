@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 START_HINT = "run `bash slurm/local-cluster.sh up` as root"
+
+
+def _wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.3)
 
 
 def _answers(cmd: list[str]) -> tuple[bool, str]:
@@ -75,3 +84,9 @@ def make_executor(slurm_cluster: dict, shared_dir: Path):
         return executor
 
     return make
+
+
+@pytest.fixture
+def wait_until():
+    """wait_until(condition, timeout_s, what): poll until true, or fail naming what never happened."""
+    return _wait_until

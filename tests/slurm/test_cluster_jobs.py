@@ -17,14 +17,6 @@ from hpcadapt.launch.slurm_status import query_jobs
 pytestmark = pytest.mark.slurm
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.time() + timeout_s
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.3)
-
-
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -51,7 +43,7 @@ def test_two_nodes_two_tasks_gloo_allreduce(make_executor):
     assert {r["master_addr"] for r in results} == {"n1"}
 
 
-def test_checkpointable_job_is_requeued_on_preemption_and_resumes(make_executor, shared_dir):
+def test_checkpointable_job_is_requeued_on_preemption_and_resumes(wait_until, make_executor, shared_dir):
     state_file = shared_dir / "count.json"
     job = make_executor("requeue").submit(probes.CountSteps(str(state_file), total=12, step_s=0.5))
     wait_until(lambda: read_json(state_file).get("step", 0) >= 3, 60, "the job to make progress")
@@ -64,7 +56,7 @@ def test_checkpointable_job_is_requeued_on_preemption_and_resumes(make_executor,
     assert "REQUEUED" in history and history[-1] == "COMPLETED"
 
 
-def test_stage_job_stops_at_a_step_boundary_on_every_rank_and_resumes(make_executor, shared_dir):
+def test_stage_job_stops_at_a_step_boundary_on_every_rank_and_resumes(wait_until, make_executor, shared_dir):
     spec = shared_dir / "spec.json"
     state_dir = shared_dir / "state"
     state_dir.mkdir()
@@ -81,7 +73,7 @@ def test_stage_job_stops_at_a_step_boundary_on_every_rank_and_resumes(make_execu
         assert state["world_size"] == 2
 
 
-def test_status_names_cancelled_oom_failed_and_blocked_jobs(make_executor):
+def test_status_names_cancelled_oom_failed_and_blocked_jobs(wait_until, make_executor):
     executor = make_executor("status", mem_gb=0.2)
     oom = executor.submit(probes.hold_memory, 600, 5.0)
     crash = executor.submit(probes.fail_with, 3)
