@@ -24,7 +24,6 @@ from .methods.task_arithmetic import task_arithmetic
 from .plan import TensorJob
 
 CHUNK = 1 << 18  # elements converted to float32 at a time
-DOT_BLOCK = 1 << 14  # elements per float32 dot; partial sums are accumulated in float64
 WHOLE_TENSOR_BYTES = 48 << 20  # inputs up to this size are read once, not once per pass
 EXACT_CHUNK = 1 << 20  # mergekit 0.1.5's chunk, for the bit-for-bit mode
 
@@ -63,7 +62,7 @@ def _slerp_job(job: TensorJob, out_fd: int, exact: bool) -> dict:
         cosine = cosine_from_sums(*sums, eps=EPS)
         c0, c1, branch = slerp_coefficients(cosine, t, DOT_THRESHOLD)
     report = {"name": job.name, "method": "slerp", "t": t, "cosine": cosine, "branch": branch}
-    if t in (0.0, 1.0) and job.sources[0].dtype == job.out_dtype:
+    if t in (0.0, 1.0) and job.sources[0].dtype == job.out_dtype and not exact:  # exact mode keeps mergekit's -0 + 0
         _copy_bytes(job.sources[0 if t == 0.0 else 1], out_fd, job.out_offset)
         report["copied_from"] = "base" if t == 0.0 else "other"
         return report
@@ -81,12 +80,14 @@ def _slerp_job(job: TensorJob, out_fd: int, exact: bool) -> dict:
 
 
 def _accumulate_dots(x: np.ndarray, y: np.ndarray, sums: list[float]) -> None:
-    """‖x‖², ‖y‖², x·y in float32 blocks of DOT_BLOCK, accumulated in float64 (accurate)."""
-    for s in range(0, x.size, DOT_BLOCK):
-        xs, ys = x[s : s + DOT_BLOCK], y[s : s + DOT_BLOCK]
-        sums[0] += float(np.dot(xs, xs))
-        sums[1] += float(np.dot(ys, ys))
-        sums[2] += float(np.dot(xs, ys))
+    """‖x‖², ‖y‖², x·y of one chunk, in float64 (a float32 dot drifts by ~1e-6 already at 16K elements)."""
+    x64 = _buffer(("f64", 0), CHUNK, np.float64)[: x.size]
+    y64 = _buffer(("f64", 1), CHUNK, np.float64)[: y.size]
+    np.copyto(x64, x)
+    np.copyto(y64, y)
+    sums[0] += float(np.dot(x64, x64))
+    sums[1] += float(np.dot(y64, y64))
+    sums[2] += float(np.dot(x64, y64))
 
 
 def _exact_stats(a: "_Source", b: "_Source", t: float):
