@@ -49,11 +49,12 @@ def plot_accuracy_by_group(accuracy: dict[str, dict[str, float]], title: str, pa
         xs = [g + (k - (len(models) - 1) / 2) * width for g in range(len(groups))]
         ax.bar(xs, [accuracy[model][group] or 0.0 for group in groups], width, label=model)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.18)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper center", ncol=len(models), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -133,10 +133,10 @@ def synergy_report(
     report = SynergyReport(merged, tuple(parents), metrics[0], comparisons, n_boot, seed)
     report.per_question = per_question_rows(results, [parents[0], parents[1], merged], metrics)
 
-    accuracy = {m: {c.group: c.accuracy[m] for c in comparisons if c.metric == report.primary_metric}
+    accuracy = {m: {f"{c.group} (n={c.n})": c.accuracy[m] for c in comparisons if c.metric == report.primary_metric}
                 for m in (*parents, merged)}
     files = {"accuracy_by_category.png": plot_accuracy_by_group(
-        accuracy, f"{report.primary_metric} per group", out / "accuracy_by_category.png")}
+        accuracy, f"accuracy per group ({report.primary_metric})", out / "accuracy_by_category.png")}
     if t_spec is not None:
         if num_layers is None:
             folders = [results.models[name] for name in (merged, *parents) if Path(results.models[name]).is_dir()]

@@ -123,3 +123,23 @@ def test_wandb_logging_offline(with_merged, tmp_path):
     finally:
         run.finish()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_command_line_report_from_saved_results(eval_results, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    results = EvalResults.from_dict(json.loads(json.dumps(eval_results[0].to_dict())))
+    results.add_model("merged", results, "trained")
+    results.save(tmp_path / "eval")
+    tool = Path(__file__).resolve().parents[2] / "tools" / "synergy_report.py"
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path / "eval"), "--merged", "merged", "--parents",
+                          "untrained", "trained", "--out", str(tmp_path / "report"), "--n-boot", "200",
+                          "--t-spec", "[0, 1]"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "verdict: NOT ESTABLISHED" in run.stdout and "| merged" in run.stdout
+    assert (tmp_path / "report" / "t_schedule.png").is_file()
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "eval"), "--merged", "nope", "--parents",
+                          "untrained", "trained", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error: model(s) ['nope'] not in the evaluation results" in bad.stderr
