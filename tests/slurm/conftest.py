@@ -77,7 +77,9 @@ def make_executor(slurm_cluster: dict, shared_dir: Path):
     import submitit
 
     def make(name: str = "jobs", **params):
-        executor = submitit.AutoExecutor(folder=shared_dir / name, cluster="slurm")
+        max_num_timeout = params.pop("slurm_max_num_timeout", 3)  # a constructor argument
+        executor = submitit.AutoExecutor(folder=shared_dir / name, cluster="slurm",
+                                         slurm_max_num_timeout=max_num_timeout)
         settings = {"timeout_min": 5, "cpus_per_task": 1, "mem_gb": 1, "slurm_partition": slurm_cluster["partition"]}
         settings.update(params)
         executor.update_parameters(**settings)

@@ -101,3 +101,22 @@ def test_status_names_cancelled_oom_failed_and_blocked_jobs(wait_until, make_exe
     assert records[sleeper.job_id].reason().startswith("cancelled")
     assert "never" in records[blocked.job_id].reason()
     blocked.cancel()
+
+
+@pytest.mark.slow
+def test_stage_job_hitting_a_real_time_limit_is_requeued_and_finishes(make_executor, shared_dir):
+    """A 1-minute limit with the warning 50 s before: Slurm's 30 s signal tick lands it
+    10-40 s into each run, so 45 s of work needs at least one requeue."""
+    spec = shared_dir / "spec.json"
+    state_dir = shared_dir / "state"
+    state_dir.mkdir()
+    spec.write_text(json.dumps({"state_dir": str(state_dir), "total_steps": 90, "step_s": 0.5}))
+    executor = make_executor("timelimit", timeout_min=1, slurm_signal_delay_s=50, slurm_max_num_timeout=6)
+    job = executor.submit(StageJob(str(spec), "probe", stage_module="hpcadapt.launch.probe_stage"))
+    job.result()
+    state = read_json(state_dir / "rank0.json")
+    assert state["step"] == 90
+    assert state["stops"] >= 1 and state["starts"] == state["stops"] + 1, state
+    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert history[-1] == "COMPLETED" and len(history) >= 2, history
