@@ -18,6 +18,7 @@ METRICS = {  # metric name -> (protocol, record key)
     "generate_acc": ("generate", "acc"),
 }
 ALL_SETS = "all"
+SHORT_NAMES = {"loglik_acc": "acc", "loglik_acc_norm": "acc_norm", "generate_acc": "gen acc"}
 
 
 @dataclass
@@ -85,12 +86,29 @@ class EvalResults:
             out[model] = row
         return out
 
+    def category_summary(self) -> dict:
+        """{model: {category: {metric: acc, "n": count}}} over all sets."""
+        return {
+            model: {
+                category: {**{m: self.accuracy(model, m, ALL_SETS, category) for m in self.metrics()},
+                           "n": len(self.scores(model, self.metrics()[0], ALL_SETS, category))}
+                for category in self.categories()
+            }
+            for model in self.models
+        }
+
+    def category_table_text(self) -> str:
+        """Markdown table of accuracy per category (all sets together): rows are models."""
+        header = ["model"] + [f"{c} {SHORT_NAMES[m]}" for c in self.categories() for m in self.metrics()]
+        rows = [[model] + [_fmt(cells[c][m]) for c in self.categories() for m in self.metrics()]
+                for model, cells in self.category_summary().items()]
+        return _markdown_table(header, rows)
+
     def table_text(self) -> str:
         """One markdown table: rows are models; perplexity, then acc columns per set."""
-        short = {"loglik_acc": "acc", "loglik_acc_norm": "acc_norm", "generate_acc": "gen acc"}
         header = ["model", "ppl"]
         for set_name in self.set_columns():
-            header += [f"{set_name} {short[m]}" for m in self.metrics()]
+            header += [f"{set_name} {SHORT_NAMES[m]}" for m in self.metrics()]
             if "generate" in self.protocols:
                 header.append(f"{set_name} unparsed")
         rows = []
@@ -104,11 +122,7 @@ class EvalResults:
                 if "generate" in self.protocols:
                     cells.append(f"{cell['unparseable']}/{cell['n']}")
             rows.append(cells)
-        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
-        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-        return "\n".join(lines)
+        return _markdown_table(header, rows)
 
     def to_dict(self) -> dict:
         return {
@@ -117,6 +131,7 @@ class EvalResults:
             "protocols": list(self.protocols),
             "perplexity": self.perplexity,
             "summary": self.summary(),
+            "categories": self.category_summary(),
             "meta": self.meta,
             "records": self.records,
         }
@@ -137,7 +152,7 @@ class EvalResults:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "results.json", json.dumps(self.to_dict(), indent=1))
-        write_atomic(out / "table.md", self.table_text() + "\n")
+        write_atomic(out / "table.md", self.table_text() + "\n\nPer category:\n\n" + self.category_table_text() + "\n")
         return out / "results.json"
 
     @classmethod
@@ -159,6 +174,14 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:

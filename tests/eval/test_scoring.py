@@ -83,7 +83,8 @@ def test_memorized_model_scores_one_and_untrained_near_chance(eval_results, tmp_
     assert reloaded.summary() == json.loads(json.dumps(summary))
     assert len(reloaded.records["trained"]["generate"]) == 20
     table = (out_dir / "table.md").read_text()
-    assert table.strip() == results.table_text()
+    assert table.startswith(results.table_text() + "\n")
+    assert "Per category" in table and "basic gen acc" in table
     assert "| trained" in table and "domain gen acc" in table and "0/20" in table
 
 
@@ -105,3 +106,21 @@ def test_model_folder_errors_come_before_loading(untrained_dir, bench_file, tmp_
     with pytest.raises(BenchmarkError, match="empty.jsonl: empty benchmark file"):
         evaluate_models({"start": untrained_dir}, [bench_file, empty], None, out)
     assert not out.exists()
+
+
+def test_tables_show_each_set_overall_and_categories():
+    def records(correct, sets):
+        return {"generate": [{"id": f"q{i}", "set": s, "category": "basic" if i % 2 else "advanced", "gold": "A",
+                              "reply": "?" if not ok else "A", "parsed": "A" if ok else None, "unparseable": not ok,
+                              "acc": float(ok)} for i, (ok, s) in enumerate(zip(correct, sets))]}
+
+    sets = ["first"] * 4 + ["second"] * 2
+    results = EvalResults(models={"m": "m"}, sets=["first", "second"], protocols=("generate",),
+                          records={"m": records([1, 1, 0, 1, 0, 1], sets)}, perplexity={"m": 12.345})
+    table = results.table_text().splitlines()
+    assert table[0].split("|")[1:-1] == [" model ", " ppl   ", " first gen acc ", " first unparsed ",
+                                         " second gen acc ", " second unparsed ", " all gen acc ", " all unparsed "]
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["m", "12.35", "0.750", "1/4", "0.500", "1/2", "0.667", "2/6"]
+    assert results.category_summary()["m"] == {"advanced": {"generate_acc": 1 / 3, "n": 3},
+                                               "basic": {"generate_acc": 1.0, "n": 3}}
+    assert "advanced gen acc" in results.category_table_text()
