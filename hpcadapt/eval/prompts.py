@@ -12,12 +12,13 @@ from .benchmark import LETTERS, Question
 
 INSTRUCTION = "You respond with one word or letter. Select the correct answer to this question: "
 ANSWER_LEAD = "The correct answer is:"
+TRUE_FALSE_HINT = "Answer True or False."
 
 
 def question_text(question: Question) -> str:
     """The user-visible question: the text, then "A) ..." lines or a True/False hint."""
     if question.kind == "tf":
-        return f"{question.question}\nAnswer True or False."
+        return f"{question.question}\n{TRUE_FALSE_HINT}"
     lines = [f"{LETTERS[i]}) {choice}" for i, choice in enumerate(question.choices)]
     return question.question + "\n" + "\n".join(lines)
 

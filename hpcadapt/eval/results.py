@@ -98,10 +98,12 @@ class EvalResults:
         }
 
     def category_table_text(self) -> str:
-        """Markdown table of accuracy per category (all sets together): rows are models."""
-        header = ["model"] + [f"{c} {SHORT_NAMES[m]}" for c in self.categories() for m in self.metrics()]
-        rows = [[model] + [_fmt(cells[c][m]) for c in self.categories() for m in self.metrics()]
-                for model, cells in self.category_summary().items()]
+        """Accuracy per category (all sets together), one row per category and model."""
+        header = ["category", "model", *(SHORT_NAMES[m] for m in self.metrics()), "n"]
+        summary = self.category_summary()
+        rows = [[category, model, *(_fmt(summary[model][category][m]) for m in self.metrics()),
+                 summary[model][category]["n"]]
+                for category in self.categories() for model in self.models]
         return _markdown_table(header, rows)
 
     def table_text(self) -> str:
