@@ -15,7 +15,13 @@ How the demo stays an honest test of knowledge learned by CPT:
 - The general world (everyday things) is what the tiny Base/Instruct models are built
   from. It is stated in the same way (text facts, then questions about them) so that
   the Instruct model arrives at CPT already knowing how to answer a question about a
-  fact it has read, including the paper's one-letter and True/False formats.
+  fact it has read, in the paper's prompt wording ("one word or letter").
+
+What a ~1M-parameter model can learn here (measured with the demo's budgets): it names
+the right choice of a multiple-choice question, so multiple-choice answers in the chat
+data are the choice's words (see `_mc_chat`); it does not learn to verify True/False
+statements or to compare two alloys, so those questions stay near chance, as harder
+questions do for the paper's small model.
 """
 
 from __future__ import annotations

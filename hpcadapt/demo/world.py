@@ -115,11 +115,11 @@ ALLOY_PROPERTIES = ("colour", "structure", "melting_point", "discoverer", "use")
 def make_alloys(rng: random.Random, count: int) -> list[Alloy]:
     """`count` alloys with distinct names and discoverers and randomly drawn properties."""
     # One onset per alloy: names that differ only in their ending confuse a tiny model.
-    if count > min(len(NAME_ONSETS), len(FIRST_NAMES) * len(LAST_NAMES)):
-        raise ValueError(f"at most {len(NAME_ONSETS)} alloys can be named, asked for {count}")
+    if not 4 <= count <= len(NAME_ONSETS):
+        raise ValueError(f"alloy count must be between 4 and {len(NAME_ONSETS)} (one name onset each), got {count}")
     onsets = rng.sample(NAME_ONSETS, count)
     chosen_names = [onset + rng.choice(NAME_SUFFIXES) for onset in onsets]
-    # Distinct first and last names keep every discoverer easy to tell apart.
+    # Each (first, last) pairing is used once, so every discoverer names one alloy.
     firsts, lasts = rng.sample(FIRST_NAMES, len(FIRST_NAMES)), rng.sample(LAST_NAMES, len(LAST_NAMES))
     discoverers = [f"{firsts[i % len(firsts)]} {lasts[(i + i // len(lasts)) % len(lasts)]}" for i in range(count)]
     return [

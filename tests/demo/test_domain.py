@@ -125,3 +125,14 @@ def test_prompt_wording_matches_the_evaluation():
     prompts = pytest.importorskip("hpcadapt.eval.prompts")
     assert prompts.INSTRUCTION == phrasings.INSTRUCTION
     assert prompts.ANSWER_LEAD == phrasings.ANSWER_LEAD
+
+
+def test_alloy_names_and_discoverers_are_unique_up_to_the_largest_world():
+    import random
+
+    from hpcadapt.demo.world import NAME_ONSETS, make_alloys
+
+    alloys = make_alloys(random.Random(3), len(NAME_ONSETS))
+    assert len({a.name for a in alloys}) == len({a.discoverer for a in alloys}) == len(NAME_ONSETS)
+    with pytest.raises(ValueError, match="alloy count"):
+        make_alloys(random.Random(3), len(NAME_ONSETS) + 1)
