@@ -1,0 +1,89 @@
+"""Preempting a real training stage on Slurm: it checkpoints, is requeued, resumes, and
+ends with the weights and loss of an uninterrupted run (same seed, same data order).
+
+Both runs are submitted at once (python -m hpcadapt, two output roots) so they share
+the wall time; only the first is sent the preemption signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import submitit
+
+from hpcadapt.launch.slurm_record import read_record
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+STEPS = 40
+# Resume replays the same batches from the same optimizer state; only float summation
+# order may differ. Stated tolerance for weights and loss:
+ATOL = 1e-5
+RTOL = 1e-4
+
+
+def submit_cpt(root: Path, partition: str) -> tuple[Path, dict]:
+    cmd = [sys.executable, "-m", "hpcadapt", "+experiment=tiny_demo", "cluster.kind=slurm",
+           f"cluster.partition={partition}", "cluster.cpus_per_task=1", "cluster.mem_gb=3",
+           "cluster.timeout_min=15", "pipeline.prepare=[tiny_init,base_pretrain]", "pipeline.chain=[]",
+           "pipeline.merge=false", "pipeline.evaluate=false", f"stages.base_pretrain.max_steps={STEPS}",
+           "stages.base_pretrain.logging_steps=1", f"output_root={root}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next(root.glob("runs/*/slurm_jobs.json")).parent
+    return run_dir, {s.stage: s for s in read_record(run_dir).stages}
+
+
+def steps_logged(log: Path) -> int:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    done = [int(m) for m in re.findall(rf"(\d+)/{STEPS} \[", text)]
+    return max(done, default=0)
+
+
+def job_history(job_id: str) -> list[str]:
+    """The job's states, one per run (-D keeps the runs before a requeue)."""
+    return subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "State"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def load_weights(stage_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(stage_dir.glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    return weights
+
+
+def test_preempted_stage_resumes_and_matches_an_uninterrupted_run(wait_until, slurm_cluster, shared_dir):
+    import torch
+
+    run_a, jobs_a = submit_cpt(shared_dir / "preempted", slurm_cluster["partition"])
+    run_b, jobs_b = submit_cpt(shared_dir / "reference", slurm_cluster["partition"])
+    cpt_a, cpt_b = jobs_a["base_pretrain"], jobs_b["base_pretrain"]
+
+    wait_until(lambda: steps_logged(Path(cpt_a.log_err)) >= 8, 300, "the stage to train a few steps")
+    submitit.SlurmJob(folder=Path(cpt_a.log_out).parent, job_id=cpt_a.job_id)._interrupt()
+
+    def complete(stage_dir: str) -> bool:
+        return (Path(stage_dir) / "manifest.json").is_file()
+
+    wait_until(lambda: complete(cpt_a.stage_dir) and complete(cpt_b.stage_dir), 400, "both runs to finish")
+    log = Path(cpt_a.log_out).read_text(errors="replace")
+    assert "resuming" in log, "the requeued job did not resume from a checkpoint"
+    wait_until(lambda: job_history(cpt_a.job_id)[-1:] == ["COMPLETED"], 60, "the requeued job to end")
+    assert "REQUEUED" in job_history(cpt_a.job_id)
+
+    metrics_a = json.loads((Path(cpt_a.stage_dir) / "manifest.json").read_text())["metrics"]
+    metrics_b = json.loads((Path(cpt_b.stage_dir) / "manifest.json").read_text())["metrics"]
+    assert metrics_a["steps"] == metrics_b["steps"] == STEPS
+    assert metrics_a["last_loss"] == pytest.approx(metrics_b["last_loss"], rel=RTOL, abs=ATOL)
+    weights_a, weights_b = load_weights(Path(cpt_a.stage_dir)), load_weights(Path(cpt_b.stage_dir))
+    assert weights_a.keys() == weights_b.keys() and weights_a
+    for name in weights_a:
+        torch.testing.assert_close(weights_a[name], weights_b[name], atol=ATOL, rtol=RTOL, msg=name)
