@@ -73,11 +73,14 @@ def main(argv=None) -> int:
     print(f"parents: {params / 1e6:.1f}M parameters (float32, {params * 4 / 1e6:.0f} MB each); "
           f"{args.questions} questions; schedules: {', '.join(schedules)}", file=sys.stderr)
 
-    in_memory, on_disk, disk_merge, memory_merge = {n: [] for n in schedules}, {n: [] for n in schedules}, {n: [] for n in schedules}, {n: [] for n in schedules}
+    in_memory, on_disk = {n: [] for n in schedules}, {n: [] for n in schedules}
+    memory_merge, disk_merge = {n: [] for n in schedules}, {n: [] for n in schedules}
+    written = 0
     sweep_totals = []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        sweep = sweep_schedules(base, other, [bench], schedules=schedules, batch_size=args.batch_size, device=args.device)
+        sweep = sweep_schedules(base, other, [bench], schedules=schedules, include_defaults=False,
+                                batch_size=args.batch_size, device=args.device)
         sweep_totals.append(time.perf_counter() - started)
         for name in schedules:
             in_memory[name].append(sweep.seconds[name])
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
                             device=args.device)
             on_disk[name].append(time.perf_counter() - started)
             disk_merge[name].append(merged_at - started)
+            written = sum(p.stat().st_size for p in merged_dir.rglob("*") if p.is_file())
             shutil.rmtree(merged_dir)
 
     def med(values):
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
 
     rows = {name: {"in_memory_s": med(in_memory[name]), "in_memory_merge_s": med(memory_merge[name]),
                    "disk_s": med(on_disk[name]), "disk_merge_s": med(disk_merge[name])} for name in schedules}
-    summary = {"parameters": params, "questions": args.questions, "repeats": args.repeats, "schedules": rows,
+    summary = {"parameters": params, "disk_bytes_per_schedule": written, "questions": args.questions, "repeats": args.repeats, "schedules": rows,
                "sweep_total_s (incl. one model load)": med(sweep_totals),
                "disk_total_s": med([sum(on_disk[n][r] for n in schedules) for r in range(args.repeats)])}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ def sweep_schedules(
     benchmark_files: list[str | Path],
     *,
     schedules: dict[str, Any] | None = None,
+    include_defaults: bool = True,
     heldout_file: str | Path | None = None,
     out_dir: str | Path | None = None,
     protocols=("loglik", "generate"),
@@ -57,7 +58,8 @@ def sweep_schedules(
 ) -> SweepResult:
     """SLERP `base` (t = 0 end) with `other` under each schedule and score each merge in memory.
 
-    `schedules` maps a name to a mergekit t spec; the default set is default_schedules().
+    `schedules` maps a name to a mergekit t spec (the user's own); they are tried after
+    default_schedules() unless include_defaults=False, and replace a default of the same name.
     Everything is validated before weights load: folders, tokenizers, tensor names and
     shapes, benchmark files, and each t spec against every tensor.
     """
@@ -65,7 +67,7 @@ def sweep_schedules(
 
     from .suite import evaluate_loaded
 
-    schedules = dict(schedules if schedules is not None else default_schedules())
+    schedules = {**(default_schedules() if include_defaults else {}), **(schedules or {})}
     if not schedules:
         raise ValueError("no schedules to sweep")
     base_dir, other_dir = check_model_dir(base, "base parent"), check_model_dir(other, "other parent")

@@ -119,7 +119,7 @@ def synergy_report(
     score-against-schedule plot. `t_spec` adds the schedule-over-depth plot; the layer
     count is read from the merged model's (else a parent's) config.json when not given.
     """
-    from .plots import plot_accuracy_by_group, plot_schedule, plot_sweep
+    from .plots import plot_accuracy_by_group, plot_schedule, plot_sweep, schedule_curves
 
     validate_roles(results, merged, parents)
     out = Path(out_dir)
@@ -133,30 +133,38 @@ def synergy_report(
     report = SynergyReport(merged, tuple(parents), metrics[0], comparisons, n_boot, seed)
     report.per_question = per_question_rows(results, [parents[0], parents[1], merged], metrics)
 
+    if t_spec is not None:
+        num_layers = num_layers or schedule_layers(results, (merged, *parents))
+        report.schedule = {"t_spec": t_spec, "num_layers": num_layers,
+                           "t_per_layer": schedule_curves(t_spec, num_layers)}  # also validates t_spec
+    if sweep is not None:
+        report.sweep = rank_sweep(sweep, results, parents, report.primary_metric, n_boot, seed)
+
+    # Everything is validated and computed; only writing is left.
     accuracy = {m: {f"{c.group} (n={c.n})": c.accuracy[m] for c in comparisons if c.metric == report.primary_metric}
                 for m in (*parents, merged)}
     files = {"accuracy_by_category.png": plot_accuracy_by_group(
         accuracy, f"accuracy per group ({report.primary_metric})", out / "accuracy_by_category.png")}
-    if t_spec is not None:
-        if num_layers is None:
-            folders = [results.models[name] for name in (merged, *parents) if Path(results.models[name]).is_dir()]
-            if not folders:
-                raise ValueError("t_spec given without num_layers, and no model folder to read num_hidden_layers from")
-            num_layers = num_layers_of(folders[0])
+    if report.schedule:
         files["t_schedule.png"] = plot_schedule(t_spec, num_layers, out / "t_schedule.png")
-        report.schedule = {"t_spec": t_spec, "num_layers": num_layers}
-    if sweep is not None:
-        report.sweep = rank_sweep(sweep, results, parents, report.primary_metric, n_boot, seed)
-        if report.sweep:
-            reference = {p: report.overall().accuracy[p] for p in parents}
-            scores = {row["name"]: row["score"] for row in report.sweep}
-            files["score_vs_schedule.png"] = plot_sweep(scores, reference, report.primary_metric, out / "score_vs_schedule.png")
+    if report.sweep:
+        reference = {p: report.overall().accuracy[p] for p in parents}
+        scores = {row["name"]: row["score"] for row in report.sweep}
+        files["score_vs_schedule.png"] = plot_sweep(scores, reference, report.primary_metric, out / "score_vs_schedule.png")
     report.files = {name: str(path) for name, path in files.items()}
     report.files["report.md"] = str(out / "report.md")
     report.files["report.json"] = str(out / "report.json")
     write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1, default=str))
     write_atomic(out / "report.md", render_markdown(report))
     return report
+
+
+def schedule_layers(results: EvalResults, names) -> int:
+    """The layer count for the schedule plot, from the first model folder that exists."""
+    folders = [results.models[name] for name in names if Path(results.models[name]).is_dir()]
+    if not folders:
+        raise ValueError("t_spec given without num_layers, and no model folder to read num_hidden_layers from")
+    return num_layers_of(folders[0])
 
 
 def validate_roles(results: EvalResults, merged: str, parents: tuple[str, str]) -> None:

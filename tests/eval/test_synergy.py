@@ -20,7 +20,7 @@ def flat_logliks(records: dict) -> list[float]:
 
 @pytest.fixture(scope="module")
 def sweep(untrained_dir, trained_dir, bench_file, heldout_file):
-    return sweep_schedules(untrained_dir, trained_dir, [bench_file], schedules=SCHEDULES,
+    return sweep_schedules(untrained_dir, trained_dir, [bench_file], schedules=SCHEDULES, include_defaults=False,
                            heldout_file=heldout_file, batch_size=8)
 
 
@@ -93,6 +93,11 @@ def test_verdict_is_synergy_only_when_interval_excludes_zero(tmp_path):
     assert not tie.synergy and tie.overall().verdict == "not established"
     with pytest.raises(ValueError, match="two distinct parents"):
         synergy_report(results, "a", ("a", "b"), tmp_path / "x")
+    with pytest.raises(ValueError, match="no entry of the parameter matches"):
+        synergy_report(results, "clear", ("a", "b"), tmp_path / "x", t_spec=[{"filter": "mlp", "value": 0.5}], num_layers=4)
+    with pytest.raises(ValueError, match="no model folder to read num_hidden_layers"):
+        synergy_report(results, "clear", ("a", "b"), tmp_path / "x", t_spec=0.5)
+    assert not (tmp_path / "x").exists()
 
 
 def test_parents_with_different_tokenizers_are_refused(untrained_dir, bench_file, tmp_path, eval_results, monkeypatch):
@@ -143,3 +148,11 @@ def test_command_line_report_from_saved_results(eval_results, tmp_path):
     bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "eval"), "--merged", "nope", "--parents",
                           "untrained", "trained", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "error: model(s) ['nope'] not in the evaluation results" in bad.stderr
+
+
+def test_bad_schedule_is_refused_before_loading(untrained_dir, trained_dir, bench_file, monkeypatch):
+    import hpcadapt.eval.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ValueError, match=r"schedule 'mine' gives t=1.5 for .*; t must lie in \[0, 1\]"):
+        sweep_schedules(untrained_dir, trained_dir, [bench_file], schedules={"mine": [0.0, 1.5]})
