@@ -9,13 +9,9 @@ torch is imported inside the functions so this module stays light on a login nod
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
-from pathlib import Path
-
-from submitit.helpers import Checkpointable
 
 
 def where_am_i() -> dict:
@@ -74,32 +70,3 @@ def sleep_for(seconds: float) -> float:
 def fail_with(exit_code: int) -> None:
     """Exit the task with a given code, as a crashing stage would."""
     os._exit(exit_code)
-
-
-class CountSteps(Checkpointable):
-    """Counts to `total`, one step per `step_s` seconds, keeping its progress in a file.
-
-    The file is the checkpoint: after a requeue the job continues from the last step it
-    recorded, and `starts` tells how many times the job was (re)started.
-    """
-
-    def __init__(self, state_file: str, total: int, step_s: float = 0.5) -> None:
-        self.state_file = state_file
-        self.total = total
-        self.step_s = step_s
-
-    def __call__(self) -> dict:
-        path = Path(self.state_file)
-        state = json.loads(path.read_text()) if path.exists() else {"step": 0, "starts": 0}
-        state["starts"] += 1
-        self._save(state)
-        while state["step"] < self.total:
-            time.sleep(self.step_s)
-            state["step"] += 1
-            self._save(state)
-        return state
-
-    def _save(self, state: dict) -> None:
-        staging = Path(self.state_file + ".tmp")
-        staging.write_text(json.dumps(state))
-        staging.replace(self.state_file)

@@ -43,19 +43,6 @@ def test_two_nodes_two_tasks_gloo_allreduce(make_executor):
     assert {r["master_addr"] for r in results} == {"n1"}
 
 
-def test_checkpointable_job_is_requeued_on_preemption_and_resumes(wait_until, make_executor, shared_dir):
-    state_file = shared_dir / "count.json"
-    job = make_executor("requeue").submit(probes.CountSteps(str(state_file), total=12, step_s=0.5))
-    wait_until(lambda: read_json(state_file).get("step", 0) >= 3, 60, "the job to make progress")
-    job._interrupt()  # what a preemption sends: SIGTERM, then USR2
-    final = job.result()
-    assert final["step"] == 12
-    assert final["starts"] >= 2, "the job was not restarted after the preemption signal"
-    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert "REQUEUED" in history and history[-1] == "COMPLETED"
-
-
 def test_stage_job_stops_at_a_step_boundary_on_every_rank_and_resumes(wait_until, make_executor, shared_dir):
     spec = shared_dir / "spec.json"
     state_dir = shared_dir / "state"
