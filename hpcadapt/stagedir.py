@@ -62,6 +62,9 @@ def finalize(spec: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any
     final = Path(spec["stage_dir"])
     if not spec.get("keep_checkpoints"):
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    # The Trainer pickles its arguments next to the weights; a finished model folder
+    # should hold nothing that has to be unpickled (spec.json records the settings).
+    (staging / "training_args.bin").unlink(missing_ok=True)
     manifest = {
         "name": spec["name"],
         "kind": spec["kind"],

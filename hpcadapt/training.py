@@ -236,9 +236,13 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
 
     from hpcadapt import worker
 
+    record_partition(trainer.model, spec, env)
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(spec, env))
+    checkpoint = resume_checkpoint(spec, env)
+    if checkpoint and env.is_main:
+        print(f"hpcadapt: resuming {spec['name']} from {checkpoint}", flush=True)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     if preemption.preempted:
         raise worker.StagePreempted(f"stage {spec['name']} stopped at step {trainer.state.global_step} on request")
     out = Path(spec["staging_dir"])
@@ -265,6 +269,23 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
         "world_size": env.world_size,
         "notes": notes,
     }
+
+
+def record_partition(model, spec: dict[str, Any], env: Env) -> None:
+    """Write how many parameter elements this rank holds, to show ZeRO-3 really shards.
+
+    Under ZeRO-3 each rank holds `ds_tensor`, a 1/world_size slice of every parameter;
+    without it, every rank holds all of them. Kept in the stage's logs/ folder.
+    """
+    full = local = 0
+    for p in model.parameters():
+        full += getattr(p, "ds_numel", None) or p.numel()
+        shard = getattr(p, "ds_tensor", None)
+        local += shard.numel() if shard is not None else p.numel()
+    logs = Path(spec["staging_dir"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"partition_rank{env.rank}.json").write_text(json.dumps(
+        {"rank": env.rank, "world_size": env.world_size, "full_numel": full, "local_numel": local}))
 
 
 def expected_parameters(model) -> int:

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from hpcadapt import tracking
@@ -51,6 +52,8 @@ def stop_requested() -> bool:
 
 
 def run_stage(spec_path: str | Path) -> None:
+    # torch.distributed's deprecation notices fire on every ZeRO-3 collective.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     spec = json.loads(Path(spec_path).read_text())
     if is_complete(Path(spec["stage_dir"])):
         print(f"hpcadapt: stage {spec['name']} is already complete: {spec['stage_dir']}", flush=True)

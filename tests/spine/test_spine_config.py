@@ -1,0 +1,115 @@
+"""Every experiment composes, carries the paper's values, and bad settings fail by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+from spine_helpers import compose_cfg
+
+from hpcadapt.config import ConfigError, validate
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
+PAPER_T = [
+    {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
+    {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
+    {"value": 0.5},
+]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose_cfg([], experiment)
+    validate(cfg)
+    assert cfg.pipeline.name == experiment
+    for name in [*cfg.pipeline.prepare, *cfg.pipeline.chain]:
+        assert name in cfg.stages
+
+
+def test_required_experiments_exist():
+    assert {"tiny_demo", "mistral_orpo_slerp", "llama_orpo_slerp", "mistral_sft_slerp", "smollm_dpo"} <= set(EXPERIMENTS)
+
+
+def test_mistral_orpo_slerp_carries_the_papers_settings():
+    cfg = compose_cfg([], "mistral_orpo_slerp")
+    assert cfg.model.instruct == "mistralai/Mistral-7B-Instruct-v0.3"
+    assert cfg.pipeline.start == "instruct" and list(cfg.pipeline.chain) == ["cpt", "sft", "orpo"]
+    assert cfg.pipeline.merge
+    orpo = cfg.stages.orpo
+    assert (orpo.kind, orpo.learning_rate, orpo.beta, orpo.num_train_epochs) == ("orpo", 3e-6, 0.1, 3)
+    assert orpo.global_batch_size == 64 and orpo.warmup_steps == 100
+    cpt = cfg.stages.cpt
+    assert (cpt.learning_rate, cpt.lr_scheduler_type, cpt.warmup_ratio) == (2e-5, "cosine", 0.1)
+    assert (cpt.num_train_epochs, cpt.max_length, cpt.global_batch_size, cpt.packing) == (5, 3072, 192, True)
+    assert cfg.deepspeed.stage == 3 and cfg.deepspeed.gather_16bit_weights_on_model_save
+    assert cfg.merge.method == "slerp" and list(cfg.merge.t) == PAPER_T
+
+
+def test_other_paper_experiments():
+    llama = compose_cfg([], "llama_orpo_slerp")
+    assert (llama.stages.orpo.global_batch_size, llama.stages.orpo.num_train_epochs) == (24, 1)
+    assert llama.stages.cpt.global_batch_size == 96
+    sft_slerp = compose_cfg([], "mistral_sft_slerp")
+    assert sft_slerp.pipeline.start == "base" and list(sft_slerp.pipeline.chain) == ["cpt", "sft"]
+    assert sft_slerp.stages.cpt.global_batch_size == 384
+    smol = compose_cfg([], "smollm_dpo")
+    assert not smol.pipeline.merge and smol.stages.dpo.beta == 0.05 and smol.stages.dpo.learning_rate == 5e-7
+    assert (smol.stages.cpt.learning_rate, smol.stages.cpt.lr_scheduler_type) == (5e-5, "constant")
+
+
+def test_misspelt_key_fails_naming_it():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["stages.cpt.lerning_rate=1e-5"])
+    assert "lerning_rate" in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_cfg(["stages.cpt.learning_rate=fast"])
+    assert "learning_rate" in str(err.value.__cause__ or err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["stages.orpo.beta=null"], "stages.orpo.beta"),
+    (["stages.cpt.data=nope"], "stages.cpt.data"),
+    (["pipeline.start=middle"], "pipeline.start"),
+    (["pipeline.chain=[cpt,nope]"], "nope"),
+    (["cluster.kind=slurm", "cluster.gpus_per_node=4", "cluster.tasks_per_node=1"], "tasks_per_node"),
+    (["data.mixes.cpt.sources=[{path: a.jsonl},{path: a.jsonl}]"], "repeats"),
+    (["data.mixes.cpt.sources=[{path: a.jsonl, weight: 0}]"], "weight"),
+])
+def test_inconsistent_settings_fail_validation(override, message):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(cfg)
+
+
+def run_cli(*args: str, cwd: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcadapt", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cfg_job_prints_config_without_importing_torch():
+    code = ("import sys, runpy; sys.argv=['hpcadapt', '+experiment=mistral_orpo_slerp', '--cfg', 'job'];\n"
+            "try:\n    runpy.run_module('hpcadapt', run_name='__main__')\nexcept SystemExit: pass\n"
+            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "name: mistral_orpo_slerp" in out.stdout
+    assert "NO_TORCH" in out.stdout
+
+
+def test_cli_defaults_to_tiny_demo_and_rejects_unknown_names():
+    started = time.time()
+    out = run_cli("--cfg", "job")
+    assert out.returncode == 0 and "name: tiny_demo" in out.stdout
+    assert time.time() - started < 30
+    bad = run_cli("+experiment=no_such_experiment")
+    assert bad.returncode != 0 and "experiment/no_such_experiment" in bad.stderr
+    bad_model = run_cli("model=no_such_model", "--cfg", "job")
+    assert bad_model.returncode != 0 and "model/no_such_model" in bad_model.stderr
