@@ -130,9 +130,9 @@ class SweepToArrays:
                 and job_return.status.name == "COMPLETED":
             self.configs.append(config)
 
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> dict[str, SubmittedUnit]:
         if not self.configs:
-            return
+            return {}
         from hpcadapt.pipeline import prepare_data
         from hpcadapt.plan import plan_pipeline, write_specs
 
@@ -144,7 +144,7 @@ class SweepToArrays:
             plans.append(plan)
         first = self.configs[0]
         log_root = Path(first.cluster.log_root or Path(first.output_root) / "slurm").expanduser().resolve()
-        submit_sweep(plans, first.cluster, log_root)
+        return submit_sweep(plans, first.cluster, log_root)
 
 
 def in_multirun() -> bool:

@@ -72,3 +72,36 @@ def test_dependencies_use_aftercorr_only_when_tasks_line_up():
     assert dependency_clauses({"train": train}, {"train"}, {0: 0, 1: 0}, 1) == ["afterok:10"]
     # Stages already complete impose nothing.
     assert dependency_clauses({}, {"train"}, {0: 0}, 1) == []
+
+
+def test_hydra_sweep_points_become_held_arrays(slurm_cluster, tmp_path):
+    """The Hydra callback turns a 2-point multirun of the tiny demo into shared jobs plus
+    arrays. Jobs are submitted held and cancelled: only the structure is checked here."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.utils import JobStatus
+
+    from hpcadapt.__main__ import conf_dir
+    from hpcadapt.config import register_configs
+    from hpcadapt.launch.slurm_sweep import SweepToArrays
+
+    register_configs()
+    callback = SweepToArrays()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        for beta in (0.1, 0.2):
+            cfg = compose("config", overrides=[
+                "+experiment=tiny_demo", "cluster.kind=slurm", f"cluster.partition={slurm_cluster['partition']}",
+                "cluster.mem_gb=1", "cluster.cpus_per_task=1", "+cluster.additional_parameters.hold=true",
+                f"output_root={tmp_path}", f"stages.orpo.beta={beta}"])
+            callback.on_job_end(cfg, SimpleNamespace(status=JobStatus.COMPLETED))
+        units = callback.on_multirun_end(cfg)
+    try:
+        assert not units["cpt"].is_array and not units["sft"].is_array
+        assert units["orpo"].is_array and len(units["orpo"].logs) == 2
+        assert units["eval"].is_array
+        details = subprocess.run(["scontrol", "show", "job", units["merge"].job_id], capture_output=True,
+                                 text=True).stdout
+        assert f"aftercorr:{units['orpo'].job_id}" in details
+    finally:
+        subprocess.run(["scancel", *[u.job_id for u in units.values()]], check=False)
