@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from hpcadapt.errors import HpcadaptError
 
@@ -122,11 +122,9 @@ def pipeline_status(run_dir: Path, tail_lines: int = 15) -> list[StageStatus]:
     return rows
 
 
-def print_status(cfg: Any) -> list[StageStatus]:
-    """`python -m hpcadapt ... status=true` for a pipeline submitted to Slurm."""
-    from hpcadapt.plan import plan_pipeline
-
-    rows = pipeline_status(plan_pipeline(cfg).run_dir)
+def print_pipeline_status(run_dir: Path) -> list[StageStatus]:
+    """Print one line per stage (and the reason and log tail for failures); return the rows."""
+    rows = pipeline_status(run_dir)
     print(f"{'stage':<14} {'job':<10} {'state':<16} {'elapsed':<10} log")
     for r in rows:
         print(f"{r.stage:<14} {r.job_id or '-':<10} {r.state:<16} {r.elapsed or '-':<10} {r.log or '-'}")
