@@ -142,8 +142,9 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, exact: bool, p
 
         if workers == 1:
             try:
-                for job in todo:
-                    finished(job, kernels.run_job(job, out_paths, exact))
+                with kernels.single_threaded_blas():
+                    for job in todo:
+                        finished(job, kernels.run_job(job, out_paths, exact))
             finally:
                 kernels.close_files()
         else:
@@ -171,6 +172,7 @@ def _worker_init() -> None:
     except (OSError, AttributeError):
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    kernels.single_threaded_blas()
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

@@ -14,6 +14,7 @@ that need whole-tensor operations (TIES, DARE) and for the mergekit-exact mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -52,10 +53,10 @@ def run_job(job: TensorJob, out_paths: list[str], exact: bool = False) -> dict:
 def _slerp_job(job: TensorJob, out_fd: int, exact: bool) -> dict:
     t = job.params["t"]
     a, b = (_Source(s, slot) for slot, s in enumerate(job.sources))
+    sums = [0.0, 0.0, 0.0]
     if exact:
         cosine, c0, c1, branch = _exact_stats(a, b, t)
     else:
-        sums = [0.0, 0.0, 0.0]
         for start, stop in _chunks(a.numel):
             x, y = a.floats(start, stop), b.floats(start, stop)
             _accumulate_dots(x, y, sums)
@@ -69,25 +70,49 @@ def _slerp_job(job: TensorJob, out_fd: int, exact: bool) -> dict:
     if exact:
         _exact_output(a, b, c0, c1, job, out_fd)
         return report
+    finite = all(np.isfinite(s) for s in sums)  # finite inputs give a finite output
     c0, c1 = np.float32(c0), np.float32(c1)
     for start, stop in _chunks(a.numel):
         x, y = a.floats(start, stop), b.floats(start, stop)
         np.multiply(x, c0, out=x)
         np.multiply(y, c1, out=y)
         np.add(x, y, out=x)
-        _write(out_fd, job, start, _encode(x, job.out_dtype))
+        _write(out_fd, job, start, _encode(x, job.out_dtype, finite))
     return report
 
 
 def _accumulate_dots(x: np.ndarray, y: np.ndarray, sums: list[float]) -> None:
     """‖x‖², ‖y‖², x·y of one chunk, in float64 (a float32 dot drifts by ~1e-6 already at 16K elements)."""
-    x64 = _buffer(("f64", 0), CHUNK, np.float64)[: x.size]
-    y64 = _buffer(("f64", 1), CHUNK, np.float64)[: y.size]
+    x64 = _buffer(("f64", 0), x.size, np.float64)[: x.size]
+    y64 = _buffer(("f64", 1), y.size, np.float64)[: y.size]
     np.copyto(x64, x)
     np.copyto(y64, y)
-    sums[0] += float(np.dot(x64, x64))
-    sums[1] += float(np.dot(y64, y64))
-    sums[2] += float(np.dot(x64, y64))
+    sums[0] += float(_dot(x64, x64))
+    sums[1] += float(_dot(y64, y64))
+    sums[2] += float(_dot(x64, y64))
+
+
+def _einsum_dot(x: np.ndarray, y: np.ndarray) -> float:
+    return np.einsum("i,i->", x, y)
+
+
+_dot = np.dot
+_blas_limit = None
+
+
+def single_threaded_blas():
+    """Keep BLAS to one thread while merging: the merge is already parallel by process, and
+    OpenBLAS spinning threads on a busy machine made each dot ~100x slower (measured). Without
+    threadpoolctl, dots fall back to numpy's own einsum loop (no BLAS, ~2x slower than one
+    BLAS thread). Returns a context manager; entering is optional for worker processes."""
+    global _dot, _blas_limit
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        _dot = _einsum_dot
+        return contextlib.nullcontext()
+    _blas_limit = threadpool_limits(limits=1, user_api="blas")
+    return _blas_limit
 
 
 def _exact_stats(a: "_Source", b: "_Source", t: float):
@@ -194,13 +219,13 @@ class _Source:
         lo, hi = start * self.itemsize, stop * self.itemsize
         if self.whole is not None:
             return self.whole[lo:hi]
-        buf = _buffer(("raw", self.slot), max(CHUNK, EXACT_CHUNK) * 8, np.uint8)[: hi - lo]
+        buf = _buffer(("raw", self.slot), hi - lo, np.uint8)[: hi - lo]
         _pread_into(self.fd, buf, self.info.offset + lo)
         return buf
 
     def floats(self, start: int, stop: int) -> np.ndarray:
         """Elements [start, stop) as float32, in a buffer reused by the next call with this slot."""
-        out = _buffer(("f32", self.slot), max(CHUNK, EXACT_CHUNK), np.float32)[: stop - start]
+        out = _buffer(("f32", self.slot), stop - start, np.float32)[: stop - start]
         _decode(self.raw(start, stop), self.info.dtype, out)
         return out
 
@@ -218,19 +243,21 @@ def _decode(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
         raise ValueError(f"cannot merge dtype {dtype}")
 
 
-def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 -> the output dtype's bytes; bf16 rounds to nearest even, as torch does."""
+def _encode(x: np.ndarray, dtype: str, finite: bool = False) -> np.ndarray:
+    """float32 -> the output dtype's bytes; bf16 rounds to nearest even, as torch does.
+
+    `finite` promises no NaN in `x` (SLERP knows it from its sums) and skips that check."""
     if dtype == "BF16":
         bits = x.view(np.uint32)
-        tmp = _buffer(("enc",), max(CHUNK, EXACT_CHUNK), np.uint32)[: x.size]
+        tmp = _buffer(("enc",), x.size, np.uint32)[: x.size]
         np.right_shift(bits, 16, out=tmp)
         np.bitwise_and(tmp, 1, out=tmp)
         np.add(tmp, 0x7FFF, out=tmp)
         np.add(tmp, bits, out=tmp)
-        out = _buffer(("out16",), max(CHUNK, EXACT_CHUNK), np.uint16)[: x.size]
+        out = _buffer(("out16",), x.size, np.uint16)[: x.size]
         np.copyto(out, tmp.view(np.uint16)[1::2])
-        nan = np.isnan(x)
-        if nan.any():
+        if not finite:  # the +0x7FFF carry would turn some NaN payloads into ±0 / inf
+            nan = np.isnan(x)
             out[nan] = 0x7FC0
         return out.view(np.uint8)
     if dtype == "F16":
@@ -271,7 +298,8 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _chunks(numel: int, size: int = CHUNK):
+def _chunks(numel: int, size: int | None = None):
+    size = size or CHUNK  # read at call time, so tests can shrink CHUNK
     for start in range(0, numel, size):
         yield start, min(start + size, numel)
 

@@ -1,0 +1,248 @@
+"""Benchmark hpcadapt-merge against mergekit on a synthetic, deterministic model pair.
+
+    python tools/bench_merge.py                      # Mistral-shaped 22 layers, ~2.9 GB per parent
+    python tools/bench_merge.py --shape 7b --only-ours --repeats 1   # the 7B memory check
+
+The second parent is the first plus relative Gaussian noise whose size varies per
+tensor, so cosines spread over 0.99-0.9999 like a real fine-tune and both SLERP
+branches occur. Runs alternate (mergekit shipped, mergekit with its faster malloc
+settings, ours) on a warm page cache; each is timed and measured by /usr/bin/time -v
+(peak RSS of the largest process), and ours also reports the sum over its workers.
+Data lives in bench/ (git-ignored) and is deleted afterwards unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+SHAPES = {
+    "mistral-22": dict(layers=22, hidden=2048, intermediate=8192, vocab=32768, kv_ratio=4),
+    "7b": dict(layers=32, hidden=4096, intermediate=14336, vocab=32768, kv_ratio=4),
+    "tiny": dict(layers=4, hidden=256, intermediate=1024, vocab=4096, kv_ratio=4),
+}
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+PAPER_T = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
+
+
+def tensor_shapes(s: dict) -> dict[str, tuple[int, ...]]:
+    h, i, v, kv = s["hidden"], s["intermediate"], s["vocab"], s["hidden"] // s["kv_ratio"]
+    shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
+    for n in range(s["layers"]):
+        p = f"model.layers.{n}."
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
+                       p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+    return shapes
+
+
+def generate_pair(folder: Path, shape: dict, shard_bytes: int = 2 * 10**9) -> tuple[Path, Path]:
+    """Write parents a/ and b/ (bf16, sharded, with config.json) unless already there."""
+    import torch
+    from safetensors.torch import save_file
+
+    a_dir, b_dir = folder / "a", folder / "b"
+    if (b_dir / "model.safetensors.index.json").is_file():
+        return a_dir, b_dir
+    shapes = tensor_shapes(shape)
+    for d in (a_dir, b_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    shards, current, size = [], [], 0
+    for name, dims in shapes.items():
+        nbytes = math.prod(dims) * 2
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    shards.append(current)
+    weight_map = {}
+    for k, names in enumerate(shards):
+        shard_name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        a_part, b_part = {}, {}
+        for name in names:
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            dims = shapes[name]
+            if len(dims) == 1:
+                a = 1.0 + 0.05 * torch.randn(dims, generator=g)
+                b = a + 0.001 * torch.randn(dims, generator=g)
+            else:
+                a = 0.02 * torch.randn(dims, generator=g)
+                # relative noise sigma from 0.01 to 0.14: cosine 0.99..0.99995, both branches
+                sigma = math.exp(math.log(0.01) + (zlib.crc32(b"s" + name.encode()) % 1000) / 999 * math.log(14))
+                b = a + sigma * 0.02 * torch.randn(dims, generator=g)
+            a_part[name], b_part[name] = a.bfloat16(), b.bfloat16()
+            weight_map[name] = shard_name
+        save_file(a_part, a_dir / shard_name, metadata={"format": "pt"})
+        save_file(b_part, b_dir / shard_name, metadata={"format": "pt"})
+        del a_part, b_part
+    total = sum(math.prod(d) * 2 for d in shapes.values())
+    config = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": shape["hidden"],
+              "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"], "num_attention_heads": shape["hidden"] // 64,
+              "num_key_value_heads": shape["hidden"] // 64 // shape["kv_ratio"], "vocab_size": shape["vocab"], "max_position_embeddings": 4096,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+    for d in (a_dir, b_dir):
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return a_dir, b_dir
+
+
+def recipe(a: Path, b: Path, layers: int) -> dict:
+    return {"merge_method": "slerp", "base_model": str(a),
+            "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]}, {"model": str(b), "layer_range": [0, layers]}]}],
+            "parameters": {"t": PAPER_T}, "dtype": "bfloat16"}
+
+
+def timed(command: list[str], env: dict) -> tuple[float, int, str]:
+    """Wall seconds and peak RSS (KiB, /usr/bin/time -v) of one command."""
+    time_bin = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+    full = ([time_bin, "-v"] if time_bin else []) + command
+    started = time.perf_counter()
+    done = subprocess.run(full, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed:\n{done.stderr[-3000:]}")
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    return seconds, int(match.group(1)) if match else -1, done.stderr
+
+
+def warm(paths) -> float:
+    """Read every input file (page cache) and return the read throughput in GB/s."""
+    total, started = 0, time.perf_counter()
+    buf = bytearray(16 << 20)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total / 1e9 / (time.perf_counter() - started)
+
+
+def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
+    """GB/s of plain sequential writes into the page cache (no fsync): the output's floor."""
+    chunk = bytes(16 << 20)
+    path = folder / "write-floor.bin"
+    started = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(nbytes // len(chunk)):
+            f.write(chunk)
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return nbytes / 1e9 / seconds
+
+
+def compare(ours: Path, theirs: Path, a: Path, b: Path) -> dict:
+    """Element agreement (bf16 ulps) and branch agreement between two merged folders."""
+    import numpy as np
+    import torch
+    from mergekit.merge_methods.slerp import slerp as mk_slerp
+    from safetensors import safe_open
+
+    def tensors(folder):
+        if not (folder / "model.safetensors.index.json").is_file():  # mergekit writes one unindexed file when it fits
+            with safe_open(folder / "model.safetensors", "pt") as f:
+                return {name: folder / "model.safetensors" for name in f.keys()}
+        index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+        return {name: folder / shard for name, shard in index.items()}
+
+    mine, other = tensors(ours), tensors(theirs)
+    report = json.loads((ours / "merge_report.json").read_text())["tensors"]
+    pa, pb = tensors(a), tensors(b)
+    total = identical = 0
+    max_ulp, branch_mismatch = 0, []
+    for name in sorted(mine):
+        with safe_open(mine[name], "pt") as f1, safe_open(other[name], "pt") as f2:
+            x, y = f1.get_tensor(name), f2.get_tensor(name)
+        equal = x == y
+        if not bool(equal.all()):
+            diff = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs()[~equal]
+            max_ulp = max(max_ulp, int(diff.max()))
+        total, identical = total + x.numel(), identical + int(equal.sum())
+        if x.dim() == 2 and report[name]["t"] not in (0.0, 1.0):
+            with safe_open(pa[name], "pt") as fa, safe_open(pb[name], "pt") as fb:
+                va, vb = fa.get_tensor(name).float().reshape(1, -1), fb.get_tensor(name).float().reshape(1, -1)
+            out = mk_slerp(torch.tensor([0.5]), va, vb)
+            theirs_branch = "lerp" if torch.allclose(out, 0.5 * va + 0.5 * vb, rtol=1e-6, atol=0) else "slerp"
+            if theirs_branch != report[name]["branch"]:
+                branch_mismatch.append(name)
+    branches = [r["branch"] for r in report.values()]
+    return {"elements": total, "identical_fraction": identical / total, "max_ulp": max_ulp,
+            "branch_mismatches": branch_mismatch, "branches": {k: branches.count(k) for k in set(branches)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="mistral-22")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--dir", type=Path, default=Path("bench"))
+    parser.add_argument("--only-ours", action="store_true", help="skip mergekit (e.g. the 7B memory check)")
+    parser.add_argument("--exact", action="store_true", help="run ours in mergekit-exact mode")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    args = parser.parse_args()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    folder = args.dir / args.shape
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = SHAPES[args.shape]
+    started = time.perf_counter()
+    a, b = generate_pair(folder, shape)
+    print(f"pair ready in {time.perf_counter() - started:.0f} s: {a}, {b}", flush=True)
+    config = folder / "recipe.yml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(recipe(a.resolve(), b.resolve(), shape["layers"])))
+    inputs = sorted(a.glob("*.safetensors")) + sorted(b.glob("*.safetensors"))
+    in_bytes = sum(p.stat().st_size for p in inputs)
+    bin_dir = Path(sys.executable).parent
+    runs = {"ours": [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force"]
+            + (["--workers", str(args.workers)] if args.workers else []) + (["--exact"] if args.exact else [])}
+    envs = {"ours": env}
+    if not args.only_ours:
+        runs["mergekit"] = [str(bin_dir / "mergekit-yaml"), str(config), str(folder / "mergekit")]
+        runs["mergekit-tuned"] = runs["mergekit"][:-1] + [str(folder / "mergekit-tuned")]
+        envs["mergekit"], envs["mergekit-tuned"] = env, {**env, **TUNED_MALLOC}
+    results = {name: [] for name in runs}
+    read_gbps = warm(inputs)
+    for repeat in range(args.repeats):
+        for name, command in runs.items():
+            out = Path(command[2])
+            shutil.rmtree(out, ignore_errors=True)
+            warm(inputs)
+            seconds, rss_kib, stderr = timed(command, envs[name])
+            extra = ""
+            if name == "ours":
+                line = [l for l in stderr.splitlines() if l.startswith("merged ")]
+                extra = line[-1] if line else ""
+            results[name].append((seconds, rss_kib))
+            print(f"[{repeat + 1}/{args.repeats}] {name:15s} {seconds:7.2f} s  peak RSS {rss_kib / 2**20:6.2f} GiB  {extra}", flush=True)
+    write_gbps = write_floor(folder)
+    out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
+    print("\nsummary (median of %d, warm cache)" % args.repeats)
+    medians = {n: (statistics.median(s for s, _ in r), max(m for _, m in r)) for n, r in results.items()}
+    for name, (seconds, rss) in medians.items():
+        print(f"  {name:15s} {seconds:7.2f} s   peak RSS {rss / 2**20:5.2f} GiB   {(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
+    floor = in_bytes / 1e9 / read_gbps + out_bytes / 1e9 / write_gbps
+    print(f"  floors: page-cache read {read_gbps:.1f} GB/s, page-cache write {write_gbps:.2f} GB/s -> "
+          f"{in_bytes / 1e9:.1f} GB read + {out_bytes / 1e9:.1f} GB written >= {floor:.2f} s single-threaded")
+    if not args.only_ours:
+        ours_s = medians["ours"][0]
+        for name in ("mergekit", "mergekit-tuned"):
+            print(f"  speed-up vs {name}: {medians[name][0] / ours_s:.2f}x; RSS ratio {medians[name][1] / medians['ours'][1]:.1f}x")
+        print("  numerical comparison vs mergekit-tuned:", json.dumps(compare(folder / "ours", folder / "mergekit-tuned", a, b)))
+    if not args.keep:
+        shutil.rmtree(folder)
+        print(f"removed {folder}")
+
+
+if __name__ == "__main__":
+    main()
