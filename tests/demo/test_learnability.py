@@ -14,6 +14,7 @@ os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline")
 import math
 import random
 
+import pytest
 import torch
 
 from hpcadapt.demo.domain import generate_domain, read_jsonl
@@ -31,6 +32,7 @@ def heldout_perplexity(model, tokenizer, texts):
     return math.exp(total / count)
 
 
+@pytest.mark.slow  # ~10 s alone, over 20 s on a busy 2-core machine
 def test_short_cpt_on_domain_text_lowers_heldout_perplexity(tmp_path):
     torch.set_num_threads(1)
     files = generate_domain(tmp_path / "data")
