@@ -81,7 +81,8 @@ def continuation_logprobs(
 
     Context and continuation are tokenized separately (the context's template already
     holds bos), so the continuation's tokens are exactly the ones scored. Batches are
-    formed from similar lengths and right-padded; padded positions are never read.
+    formed from similar lengths; position ids follow the attention mask, so padding
+    changes nothing but float rounding.
     """
     import torch
 
@@ -92,6 +93,8 @@ def continuation_logprobs(
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         if not cont:
             raise ValueError(f"continuation {continuation!r} tokenizes to nothing")
+        if len(cont) >= max_len:
+            raise ValueError(f"continuation {continuation[:40]!r}... has {len(cont)} tokens, more than the context window")
         ids = (ctx + cont)[-max_len:]
         encoded.append((ids, len(cont)))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
@@ -102,18 +105,22 @@ def continuation_logprobs(
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
             batch_ids = order[start : start + batch_size]
             width = max(len(encoded[i][0]) for i in batch_ids)
+            # Left padding puts every continuation at the end, so the vocabulary projection
+            # is computed only for the last positions (a large share of the cost at 128k vocab).
             input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
             for row, i in enumerate(batch_ids):
                 ids = encoded[i][0]
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            keep = max(encoded[i][1] for i in batch_ids) + 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           position_ids=positions.to(device), logits_to_keep=keep).logits
             for row, i in enumerate(batch_ids):
                 ids, n_cont = encoded[i]
-                total = len(ids)
-                targets = torch.tensor(ids[total - n_cont :], device=logits.device)
-                step_logits = logits[row, total - n_cont - 1 : total - 1].float()
+                targets = torch.tensor(ids[len(ids) - n_cont :], device=logits.device)
+                step_logits = logits[row, keep - n_cont - 1 : keep - 1].float()
                 logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])
                 results[i] = float(logprobs.sum())
     return results

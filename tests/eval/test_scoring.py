@@ -84,7 +84,7 @@ def test_memorized_model_scores_one_and_untrained_near_chance(eval_results, tmp_
     assert len(reloaded.records["trained"]["generate"]) == 20
     table = (out_dir / "table.md").read_text()
     assert table.startswith(results.table_text() + "\n")
-    assert "Per category" in table and "basic gen acc" in table
+    assert "Per category" in table and "| basic    | trained   | 1.000" in table
     assert "| trained" in table and "domain gen acc" in table and "0/20" in table
 
 
