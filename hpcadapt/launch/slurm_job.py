@@ -26,7 +26,7 @@ from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 # The module that provides run_stage(spec_path), request_stop() and StagePreempted.
 DEFAULT_STAGE_MODULE = "hpcadapt.worker"
 # How long ranks other than 0 wait for rank 0's requeue to end them.
-REQUEUE_WAIT_S = 300
+REQUEUE_WAIT_S = 120
 
 
 def export_torch_distributed_env() -> dict[str, str]:

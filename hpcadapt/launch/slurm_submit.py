@@ -93,7 +93,12 @@ def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
             print(sbatch_script(executor))
             infos.append(StageJobInfo(stage.name, None, "dry-run", str(stage.stage_dir)))
             continue
-        job = submit_or_explain(executor, job_callable, stage.name)
+        try:
+            job = submit_or_explain(executor, job_callable, stage.name)
+        except SubmissionRejected as e:
+            cancel_jobs([i.job_id for i in infos if i.state == "submitted" and i.job_id])
+            raise SubmissionRejected(f"{e}. Jobs already submitted by this command were cancelled; nothing "
+                                     "is left half-submitted.") from None
         job_of[stage.name] = job.job_id
         infos.append(StageJobInfo(stage.name, job.job_id, "submitted", str(stage.stage_dir),
                                   str(job.paths.stdout), str(job.paths.stderr), deps))
@@ -173,6 +178,13 @@ def sbatch_script(executor: Any) -> str:
     """The sbatch script submitit would write for this executor (for --dry-run)."""
     slurm = executor._executor
     return slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")
+
+
+def cancel_jobs(job_ids: list[str]) -> None:
+    import subprocess
+
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, check=False, timeout=60)
 
 
 def require_sbatch() -> None:

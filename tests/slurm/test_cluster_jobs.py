@@ -91,7 +91,7 @@ def test_status_names_cancelled_oom_failed_and_blocked_jobs(wait_until, make_exe
 
 
 @pytest.mark.slow
-def test_stage_job_hitting_a_real_time_limit_is_requeued_and_finishes(make_executor, shared_dir):
+def test_stage_job_hitting_a_real_time_limit_is_requeued_and_finishes(wait_until, make_executor, shared_dir):
     """A 1-minute limit with the warning 50 s before: Slurm's 30 s signal tick lands it
     10-40 s into each run, so 45 s of work needs at least one requeue."""
     spec = shared_dir / "spec.json"
@@ -104,6 +104,10 @@ def test_stage_job_hitting_a_real_time_limit_is_requeued_and_finishes(make_execu
     state = read_json(state_dir / "rank0.json")
     assert state["step"] == 90
     assert state["stops"] >= 1 and state["starts"] == state["stops"] + 1, state
-    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert history[-1] == "COMPLETED" and len(history) >= 2, history
+
+    def history() -> list[str]:
+        return subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    wait_until(lambda: history()[-1:] == ["COMPLETED"], 60, "accounting to record the end")
+    assert len(history()) >= 2, history()

@@ -129,6 +129,17 @@ def test_sbatch_rejection_carries_slurms_message(slurm_cluster, shared_dir):
                     shared_dir / "logs", stage_module=PROBE)
     assert not plan.run_dir.exists()
 
+    # A rejection in the middle of a chain cancels what this command already submitted.
+    chain = probe_plan(shared_dir / "chain", ["cpt", "sft"])
+    chain.stages[1].nprocs = 2  # only the second stage asks for more than a node has
+    too_big = cluster_config(slurm_cluster["partition"], cpus_per_task=3, tasks_per_node=2, snapshot_code=False)
+    with pytest.raises(SubmissionRejected, match="were cancelled"):
+        submit_plan(chain, too_big, shared_dir / "logs", stage_module=PROBE)
+    assert not chain.run_dir.exists()
+    queued = subprocess.run(["squeue", "-h", "-n", "probe.cpt", "-t", "PD,R", "-o", "%i %T"], capture_output=True,
+                            text=True).stdout.strip()
+    assert queued == "", queued
+
 
 def test_no_sbatch_suggests_local_or_the_local_cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
