@@ -1,0 +1,37 @@
+# The two set-up commands of the README:
+#   make demo   install, then run the tiny CPU demo (python -m hpcadapt)
+#   make test   install with test extras, start the local Slurm cluster (as root), run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# One thread per process and no network: on 2 shared cores torch's own threading makes
+# timings swing tenfold, and nothing may reach a model hub or W&B.
+RUN_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
+	TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions
+
+.PHONY: install install-test demo test slurm-up slurm-down
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24,<26" "setuptools>=69" wheel
+
+install: $(PY)
+	$(PIP) install -q -c requirements/cpu-constraints.txt torch==2.13.0
+	$(PIP) install -q -c requirements/cpu-constraints.txt -e .
+
+install-test: $(PY)
+	$(PIP) install -q -c requirements/cpu-constraints.txt torch==2.13.0
+	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[test]"
+
+demo: install
+	$(RUN_ENV) $(PY) -m hpcadapt
+
+slurm-up:
+	@if [ "$$(id -u)" = 0 ]; then bash slurm/local-cluster.sh up; \
+	else echo "not root: the local Slurm cluster is not started and its tests will be skipped"; fi
+
+slurm-down:
+	bash slurm/local-cluster.sh down
+
+test: install-test slurm-up
+	$(RUN_ENV) $(PY) -m pytest -q tests

@@ -1,0 +1,42 @@
+"""eval: every model of the chain on identical questions, and the merge's synergy report.
+
+Runs as the last stage of a pipeline (`pipeline.evaluate=true`). Scores the start model,
+the output of each stage and the merged model on the benchmark sets (log-likelihood
+and the paper's generate-and-parse protocol) and held-out perplexity, then compares
+the merge with both parents with paired bootstrap intervals (hpcadapt/eval/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpcadapt import tracking
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from hpcadapt.eval.suite import evaluate_models
+
+    e = spec["settings"]
+    out = Path(spec["staging_dir"])
+    results = evaluate_models(
+        spec["models"], spec["benchmark"], spec["heldout"], out,
+        protocols=e["protocols"], batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
+    )
+    print("\n" + results.table_text(), flush=True)
+    metrics: dict[str, Any] = {"summary": results.summary()}
+    run = tracking.start_run(spec, job_type="eval")
+    if spec.get("synergy"):
+        from hpcadapt.eval.synergy import log_synergy_to_wandb, synergy_report
+
+        syn = spec["synergy"]
+        report = synergy_report(results, syn["merged"], tuple(syn["parents"]), out / "synergy",
+                                n_boot=e["bootstrap_samples"], seed=e["seed"], t_spec=spec.get("merge_t"))
+        # Paths in the summary must name the final folder, which exists once the stage finishes.
+        summary = report.summary_text().replace(str(out), spec["stage_dir"])
+        (out / "synergy" / "summary.txt").write_text(summary + "\n")
+        print("\n" + summary, flush=True)
+        metrics["synergy_verdict"] = report.overall().verdict
+        if run is not None:
+            log_synergy_to_wandb(report, run)
+    return metrics

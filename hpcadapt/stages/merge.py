@@ -1,0 +1,49 @@
+"""merge: SLERP (or another method) of the chain's last model with the Instruct model.
+
+Runs as one stage of a pipeline (`pipeline.merge=true`), e.g.
+    python -m hpcadapt +experiment=mistral_orpo_slerp merge.t=0.5
+
+The Instruct model is mergekit's `base_model` (the t = 0 end), as in the paper; the
+layer count for a gradient t comes from the model's config, never a constant. The work
+is done by the standalone merger in merge/ (package hpcadapt_merge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def merge_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The mergekit-style recipe this stage hands to the merger (also recorded in the manifest)."""
+    m = spec["settings"]
+    base, other = spec["base_model"], spec["other_model"]
+    layers = json.loads((Path(base) / "config.json").read_text())["num_hidden_layers"]
+    return {
+        "merge_method": m["method"],
+        "base_model": base,
+        "slices": [{"sources": [{"model": base, "layer_range": [0, layers]},
+                                {"model": other, "layer_range": [0, layers]}]}],
+        "parameters": {"t": m["t"]},
+        "dtype": m["dtype"],
+        "tokenizer_source": "base",
+    }
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from hpcadapt_merge import run_merge
+
+    staging = Path(spec["staging_dir"])
+    out = staging / "merged"
+    summary = run_merge(merge_config(spec), out, workers=spec["settings"]["workers"], progress=True)
+    # The stage folder itself is the merged model folder, like every other stage's.
+    for item in out.iterdir():
+        target = staging / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    out.rmdir()
+    return {"merge": {k: v for k, v in vars(summary).items() if isinstance(v, (int, float, str))}}
