@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .benchmark import load_benchmarks, read_heldout_texts
 from .model_dir import check_model_dir, check_same_tokenizer, load_model, load_tokenizer, num_layers_of, pick_device
 from .results import EvalResults
@@ -90,7 +92,7 @@ def sweep_schedules(
     results = EvalResults(models={}, sets=[s.name for s in sets], protocols=tuple(protocols),
                           meta={"device": device, "base": str(base_dir), "other": str(other_dir), "in_memory": True})
     sweep = SweepResult(results=results, t_specs=schedules)
-    for name, spec in schedules.items():
+    for name, spec in tqdm(schedules.items(), desc="schedules", unit="schedule"):
         started = time.perf_counter()
         merge_into(model, base_files, other_files, spec, num_layers)
         sweep.merge_seconds[name] = time.perf_counter() - started
