@@ -19,6 +19,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     e = spec["settings"]
     out = Path(spec["staging_dir"])
+    if spec.get("synergy"):  # parents must share a tokenizer; fail before any model is loaded
+        from hpcadapt.eval.model_dir import check_same_tokenizer
+
+        check_same_tokenizer({p: spec["models"][p] for p in spec["synergy"]["parents"]})
     results = evaluate_models(
         spec["models"], spec["benchmark"], spec["heldout"], out,
         protocols=e["protocols"], batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
