@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import submitit
 
 from hpcadapt.launch import probes
 from hpcadapt.launch.slurm_job import StageJob
@@ -70,16 +69,13 @@ def test_status_names_cancelled_oom_failed_and_blocked_jobs(wait_until, make_exe
     )
     wait_until(lambda: sleeper.state == "RUNNING", 60, "the sleeper to start")
     sleeper.cancel()
-    for job in (oom, crash, sleeper):
-        with pytest.raises(submitit.core.utils.UncompletedJobError):
-            job.result()
 
     def settled() -> bool:
         records = query_jobs([oom.job_id, crash.job_id, sleeper.job_id, blocked.job_id])
         return records[blocked.job_id].pending_reason == "DependencyNeverSatisfied" and all(
             records[j.job_id].finished for j in (oom, crash, sleeper))
 
-    wait_until(settled, 30, "accounting to record the ends")
+    wait_until(settled, 60, "accounting to record the ends")
     records = query_jobs([oom.job_id, crash.job_id, sleeper.job_id, blocked.job_id])
     assert records[oom.job_id].state == "OUT_OF_MEMORY"
     assert "out of memory" in records[oom.job_id].reason()
