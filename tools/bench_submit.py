@@ -52,7 +52,7 @@ def time_submit_to_running(folder: Path, partition: str) -> float:
     from hpcadapt.launch import probes
 
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(timeout_min=2, cpus_per_task=1, mem_gb=0.5, slurm_partition=partition)
+    executor.update_parameters(timeout_min=10, cpus_per_task=1, mem_gb=0.5, slurm_partition=partition)
     t0 = time.perf_counter()
     job = executor.submit(probes.sleep_for, 2)
     while True:
