@@ -27,10 +27,17 @@ def conf_dir() -> Path:
 
 
 def with_default_experiment(argv: list[str]) -> list[str]:
-    """Add `+experiment=tiny_demo` unless the user chose an experiment (or asked for help)."""
+    """Add `+experiment=tiny_demo` unless the user chose an experiment (or asked for help).
+
+    Hydra's parser takes overrides as one run of positional arguments, so the default goes
+    right before the user's first override (or last, when there is none), never apart.
+    """
     chosen = any(a.lstrip("+~").startswith("experiment=") for a in argv)
     helping = any(a in ("-h", "--help", "--hydra-help") for a in argv)
-    return argv if chosen or helping else [f"+experiment={DEFAULT_EXPERIMENT}", *argv]
+    if chosen or helping:
+        return argv
+    first = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    return [*argv[:first], f"+experiment={DEFAULT_EXPERIMENT}", *argv[first:]]
 
 
 def run(cfg) -> None:
@@ -45,6 +52,11 @@ def run(cfg) -> None:
 
             print_status(cfg)
         elif cfg.cluster.kind == "slurm":
+            from hpcadapt.launch.slurm_sweep import in_multirun
+
+            if in_multirun():  # the SweepToArrays callback submits every point at the end
+                print(f"hpcadapt: sweep point {cfg.pipeline.name} checked; submitted as arrays when the sweep ends")
+                return
             from hpcadapt.launch.slurm_submit import submit_pipeline
 
             submit_pipeline(cfg)

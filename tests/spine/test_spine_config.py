@@ -113,3 +113,16 @@ def test_cli_defaults_to_tiny_demo_and_rejects_unknown_names():
     assert bad.returncode != 0 and "experiment/no_such_experiment" in bad.stderr
     bad_model = run_cli("model=no_such_model", "--cfg", "job")
     assert bad_model.returncode != 0 and "model/no_such_model" in bad_model.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["--cfg", "job"], ["--cfg", "job", "cluster=site_example"], ["cluster=site_example", "--cfg", "job"],
+    ["-m", "stages.cpt.learning_rate=1e-3,2e-3"],
+])
+def test_default_experiment_stays_with_the_overrides(argv):
+    from hpcadapt.__main__ import with_default_experiment
+
+    out = with_default_experiment(argv)
+    assert "+experiment=tiny_demo" in out
+    positions = [i for i, a in enumerate(out) if "=" in a and not a.startswith("-")]
+    assert positions == list(range(positions[0], positions[0] + len(positions)))  # one contiguous run
