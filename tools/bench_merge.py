@@ -6,7 +6,7 @@
 The second parent is the first plus relative Gaussian noise whose size varies per
 tensor, so cosines spread over 0.99-0.9999 like a real fine-tune and both SLERP
 branches occur. Runs alternate (mergekit shipped, mergekit with its faster malloc
-settings, ours) on a warm page cache; each is timed and measured by /usr/bin/time -v
+settings, ours) on a warm page cache with no pending writeback (sync before each run); each is timed and measured by /usr/bin/time -v
 (peak RSS of the largest process), and ours also reports the sum over its workers.
 Data lives in bench/ (git-ignored) and is deleted afterwards unless --keep.
 """
@@ -147,6 +147,11 @@ def compare(ours: Path, theirs: Path, a: Path, b: Path) -> dict:
     from mergekit.merge_methods.slerp import slerp as mk_slerp
     from safetensors import safe_open
 
+    def ordered(t):
+        """bf16 bit patterns as integers that count ulps across zero (-0 and +0 both 0)."""
+        bits = t.view(torch.int16).int()
+        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+
     def tensors(folder):
         if not (folder / "model.safetensors.index.json").is_file():  # mergekit writes one unindexed file when it fits
             with safe_open(folder / "model.safetensors", "pt") as f:
@@ -164,7 +169,7 @@ def compare(ours: Path, theirs: Path, a: Path, b: Path) -> dict:
             x, y = f1.get_tensor(name), f2.get_tensor(name)
         equal = x == y
         if not bool(equal.all()):
-            diff = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs()[~equal]
+            diff = (ordered(x) - ordered(y)).abs()[~equal]
             max_ulp = max(max_ulp, int(diff.max()))
         total, identical = total + x.numel(), identical + int(equal.sum())
         if x.dim() == 2 and report[name]["t"] not in (0.0, 1.0):
@@ -218,6 +223,7 @@ def main() -> None:
             out = Path(command[2])
             shutil.rmtree(out, ignore_errors=True)
             warm(inputs)
+            os.sync()  # no run pays for the previous run's writeback
             seconds, rss_kib, stderr = timed(command, envs[name])
             extra = ""
             if name == "ours":
@@ -225,6 +231,7 @@ def main() -> None:
                 extra = line[-1] if line else ""
             results[name].append((seconds, rss_kib))
             print(f"[{repeat + 1}/{args.repeats}] {name:15s} {seconds:7.2f} s  peak RSS {rss_kib / 2**20:6.2f} GiB  {extra}", flush=True)
+    os.sync()
     write_gbps = write_floor(folder)
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
     print("\nsummary (median of %d, warm cache)" % args.repeats)
