@@ -259,12 +259,10 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"{key}.beta is not set; {stage.kind} needs it (the paper used 0.01-0.1)")
         if stage.beta is not None and stage.kind not in PREFERENCE_KINDS:
             raise ConfigError(f"{key}.beta is set but a {stage.kind} stage has no beta")
-        per_step = stage.per_device_train_batch_size * world_size(cfg)
-        if stage.kind in TRAINING_KINDS and stage.global_batch_size % per_step:
+        if stage.global_batch_size < stage.per_device_train_batch_size:
             raise ConfigError(
-                f"{key}.global_batch_size ({stage.global_batch_size}) is not a multiple of "
-                f"per_device_train_batch_size ({stage.per_device_train_batch_size}) x world size "
-                f"({world_size(cfg)} processes): gradient accumulation must be a whole number"
+                f"{key}.global_batch_size ({stage.global_batch_size}) is smaller than "
+                f"per_device_train_batch_size ({stage.per_device_train_batch_size})"
             )
     for mix_name, mix in cfg.data.mixes.items():
         seen = set()

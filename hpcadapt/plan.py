@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from hpcadapt.config import TRAINING_KINDS, world_size
+from hpcadapt.config import TRAINING_KINDS, ConfigError, world_size
 from hpcadapt.datamix import check_source, is_local
 from hpcadapt.errors import ModelError
 from hpcadapt.stagedir import is_complete, read_manifest, staging_dir_for, write_json_atomic
@@ -174,10 +174,29 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
         )
 
     stage_list = list(plans.values())
+    check_batch_arithmetic([p for p in stage_list if not p.done], cfg, nprocs)
     run_dir = root / "runs" / f"{pipe.name}-{stable_hash([s.spec['hash'] for s in stage_list])[:8]}"
     for s in stage_list:  # one W&B group per pipeline run
         s.spec["wandb"]["group"] = run_dir.name
     return PipelinePlan(name=pipe.name, run_dir=run_dir, stages=stage_list, models=models)
+
+
+def check_batch_arithmetic(stages: list[StagePlan], cfg: Any, nprocs: int) -> None:
+    """Gradient accumulation must be whole for every stage that will run on `nprocs` processes.
+
+    Checked at planning, not composition: finished stages (perhaps trained on another
+    world size) are not held to it, and a bad stage fails before any job starts.
+    """
+    for stage in stages:
+        if stage.kind not in TRAINING_KINDS:
+            continue
+        s = cfg.stages[stage.name]
+        if s.global_batch_size % (s.per_device_train_batch_size * nprocs):
+            raise ConfigError(
+                f"stages.{stage.name}.global_batch_size ({s.global_batch_size}) is not a multiple of "
+                f"per_device_train_batch_size ({s.per_device_train_batch_size}) x world size ({nprocs} processes): "
+                f"gradient accumulation must be a whole number"
+            )
 
 
 def write_specs(plan: PipelinePlan) -> None:

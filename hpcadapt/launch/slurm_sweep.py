@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.experimental.callback import Callback
+
 from hpcadapt.launch.slurm_record import RECORD_NAME, StageJobInfo, SubmissionRecord
 from hpcadapt.launch.slurm_submit import make_executor, require_sbatch, snapshot_code, submit_or_explain
 
@@ -115,7 +117,7 @@ def print_sweep(plans: list[Any], units: dict[str, SubmittedUnit]) -> None:
         print(f"  point run folder {plan.run_dir}")
 
 
-class SweepToArrays:
+class SweepToArrays(Callback):
     """Hydra callback: collect each multirun job's config, submit them as arrays at the end.
 
     Enable with `hydra.callbacks.slurm_sweep._target_=hpcadapt.launch.slurm_sweep.SweepToArrays`;
@@ -123,6 +125,7 @@ class SweepToArrays:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.configs: list[Any] = []
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:

@@ -126,3 +126,14 @@ def test_default_experiment_stays_with_the_overrides(argv):
     assert "+experiment=tiny_demo" in out
     positions = [i for i, a in enumerate(out) if "=" in a and not a.startswith("-")]
     assert positions == list(range(positions[0], positions[0] + len(positions)))  # one contiguous run
+
+
+def test_batch_arithmetic_checked_at_planning_for_stages_that_will_run(tmp_path):
+    from spine_helpers import FAST, write_toy_domain
+
+    from hpcadapt.plan import plan_pipeline
+
+    write_toy_domain(tmp_path)
+    cfg = compose_cfg([f"output_root={tmp_path}", *FAST, "cluster.nprocs=3"])
+    with pytest.raises(ConfigError, match=r"stages\.base_pretrain\.global_batch_size \(8\) is not a multiple"):
+        plan_pipeline(cfg)
