@@ -174,6 +174,26 @@ def load_model(path: str, spec: dict[str, Any], env: Env):
     return model
 
 
+def load_reference_model(spec: dict[str, Any], env: Env, tokenizer):
+    """The frozen reference of DPO/KTO: its own `from_pretrained`, in eval mode.
+
+    Never a deep copy: under ZeRO-3 a copy of a partitioned model holds empty tensors.
+    Its vocabulary follows the tokenizer's if a pad token was added to the policy.
+    """
+    ref = load_model(spec["input_model"], spec, env).eval()
+    if ref.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        ref.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return ref
+
+
+def length_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """ORPO/CPO take the completion's budget rather than the prompt's."""
+    out: dict[str, Any] = {"max_length": settings["max_length"]}
+    if settings["max_prompt_length"]:
+        out["max_completion_length"] = settings["max_length"] - settings["max_prompt_length"]
+    return out
+
+
 class PreemptionCallback:
     """Stops training at the next step boundary once any rank was asked to stop.
 

@@ -31,10 +31,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "max_length": s["max_length"],
     }, spec))
     model = training.load_model(spec["input_model"], spec, env)
-    ref_model = training.load_model(spec["input_model"], spec, env).eval()
     notes += preflight.ensure_pad_token(tokenizer, model)
-    if ref_model.get_input_embeddings().weight.shape[0] != model.get_input_embeddings().weight.shape[0]:
-        ref_model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    ref_model = training.load_reference_model(spec, env, tokenizer)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
     preflight.check_first_example(trainer, tokenizer, "dpo")
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)

@@ -23,12 +23,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tokenizer = training.load_tokenizer(spec["input_model"], spec)
     notes = preflight.ensure_chat_template(tokenizer, "simpo", spec, spec["input_model"])
     dataset = load_mix(spec["data_sources"], "simpo", seed=s["seed"])
-    length_kwargs: dict[str, Any] = {"max_length": s["max_length"]}
-    if s["max_prompt_length"]:
-        length_kwargs["max_completion_length"] = s["max_length"] - s["max_prompt_length"]
     args = CPOConfig(**training.with_extra({
         **training.trainer_kwargs(spec, env), "loss_type": "simpo", "cpo_alpha": 0.0, "beta": s["beta"],
-        **length_kwargs,
+        **training.length_kwargs(s),
     }, spec))
     model = training.load_model(spec["input_model"], spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
