@@ -137,3 +137,15 @@ def test_batch_arithmetic_checked_at_planning_for_stages_that_will_run(tmp_path)
     cfg = compose_cfg([f"output_root={tmp_path}", *FAST, "cluster.nprocs=3"])
     with pytest.raises(ConfigError, match=r"stages\.base_pretrain\.global_batch_size \(8\) is not a multiple"):
         plan_pipeline(cfg)
+
+
+def test_dry_run_and_status_print_the_plan_without_running(tmp_path):
+    dry = run_cli(f"output_root={tmp_path}", "dry_run=true")
+    assert dry.returncode == 0, dry.stderr
+    for name in ("tiny_init", "base_pretrain", "instruct_sft", "cpt", "sft", "orpo", "merge", "eval"):
+        assert name in dry.stdout
+    assert dry.stdout.count("to run") == 8
+    assert not list((tmp_path / "stages").glob("*-*")) if (tmp_path / "stages").exists() else True
+    status = run_cli(f"output_root={tmp_path}", "status=true")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("not run") == 8
