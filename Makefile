@@ -11,7 +11,7 @@ OFFLINE_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false 
 # Tests pin one thread for steady timings; the demo runs alone and uses every core.
 RUN_ENV := OMP_NUM_THREADS=1 $(OFFLINE_ENV)
 
-.PHONY: install install-test demo test slurm-up slurm-down
+.PHONY: install install-test deepspeed-ops demo test slurm-up slurm-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,5 +35,10 @@ slurm-up:
 slurm-down:
 	bash slurm/local-cluster.sh down
 
-test: install-test slurm-up
+# DeepSpeed JIT-compiles its CPU shared-memory op on first use (~1 min); build it once
+# here so ZeRO-3 tests and Slurm jobs find it cached instead of compiling concurrently.
+deepspeed-ops: install-test
+	$(RUN_ENV) DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
+
+test: install-test deepspeed-ops slurm-up
 	$(RUN_ENV) $(PY) -m pytest -q tests

@@ -24,6 +24,7 @@ from typing import Any
 
 from hpcadapt.config import ConfigError
 from hpcadapt.errors import ModelError
+from hpcadapt.stagedir import write_json_atomic
 
 
 @dataclass
@@ -245,8 +246,8 @@ def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
                 f"again with {before} processes (cluster.nprocs, or nodes x tasks_per_node on Slurm), or delete "
                 f"{ckpt_root} to restart the stage from its input model."
             )
-    if env.is_main:
-        record.write_text(json.dumps({"world_size": env.world_size}))
+    if env.is_main:  # atomic: other ranks read this file at the same moment
+        write_json_atomic(record, {"world_size": env.world_size})
     return last
 
 

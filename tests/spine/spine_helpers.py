@@ -47,7 +47,8 @@ def write_toy_domain(root: Path) -> Path:
     write_jsonl(d / "domain_prefs.jsonl", [
         {"prompt": [{"role": "user", "content": f"What colour is {m}?"}],
          "chosen": [{"role": "assistant", "content": colour[m]}],
-         "rejected": [{"role": "assistant", "content": COLOURS[(COLOURS.index(colour[m]) + 1) % 4]}]}
+         # A contrast a few steps can learn (a hedge against an answer), so DPO's loss can fall.
+         "rejected": [{"role": "assistant", "content": "I am not sure, maybe it has no colour at all."}]}
         for m in MATERIALS
     ] * 2)
     write_jsonl(d / "benchmark_basic.jsonl", [
