@@ -295,7 +295,8 @@ def model_identity(ref: str, revision: str | None) -> str:
 
 
 def wandb_settings(cfg: Any) -> dict[str, Any]:
-    return {**to_dict(cfg.wandb), "group": cfg.pipeline.name, "config": to_dict(cfg)}
+    """W&B settings for a stage; `group` (the pipeline run) is added once the run folder is known."""
+    return {**to_dict(cfg.wandb), "config": to_dict(cfg)}
 
 
 def model_loading(cfg: Any) -> dict[str, Any]:

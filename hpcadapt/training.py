@@ -195,38 +195,36 @@ def length_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class PreemptionCallback:
-    """Stops training at the next step boundary once any rank was asked to stop.
+def preemption_callback():
+    """A Trainer callback that stops at the next step boundary once any rank was asked to stop.
 
     All ranks must stop at the same step or the checkpoint would be torn, so the flag is
     reduced across ranks each step (a few microseconds on gloo, negligible on NCCL).
+    Built here rather than at import so this module imports without transformers.
     """
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerCallback
 
-    def __new__(cls):  # build the real subclass lazily so this module imports without transformers
-        from transformers import TrainerCallback
+    from hpcadapt import worker
 
-        from hpcadapt import worker
+    class PreemptionCallback(TrainerCallback):
+        preempted = False
 
-        class _Callback(TrainerCallback):
-            preempted = False
+        def on_step_end(self, args, state, control, **kwargs):
+            flag = worker.stop_requested()
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+                t = torch.tensor([1.0 if flag else 0.0], device=device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = bool(t.item())
+            if flag:
+                self.preempted = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
 
-            def on_step_end(self, args, state, control, **kwargs):
-                import torch
-                import torch.distributed as dist
-
-                flag = worker.stop_requested()
-                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-                    t = torch.tensor([1.0 if flag else 0.0], device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    flag = bool(t.item())
-                if flag:
-                    self.preempted = True
-                    control.should_save = True
-                    control.should_training_stop = True
-                return control
-
-        return _Callback()
+    return PreemptionCallback()
 
 
 def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
@@ -258,7 +256,7 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
     from hpcadapt import worker
 
     record_partition(trainer.model, spec, env)
-    preemption = PreemptionCallback()
+    preemption = preemption_callback()
     trainer.add_callback(preemption)
     checkpoint = resume_checkpoint(spec, env)
     if checkpoint and env.is_main:
@@ -298,11 +296,11 @@ def record_partition(model, spec: dict[str, Any], env: Env) -> None:
     Under ZeRO-3 each rank holds `ds_tensor`, a 1/world_size slice of every parameter;
     without it, every rank holds all of them. Kept in the stage's logs/ folder.
     """
-    full = local = 0
+    local = 0
     for p in model.parameters():
-        full += getattr(p, "ds_numel", None) or p.numel()
         shard = getattr(p, "ds_tensor", None)
         local += shard.numel() if shard is not None else p.numel()
+    full = expected_parameters(model)
     logs = Path(spec["staging_dir"]) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     (logs / f"partition_rank{env.rank}.json").write_text(json.dumps(
@@ -310,14 +308,11 @@ def record_partition(model, spec: dict[str, Any], env: Env) -> None:
 
 
 def expected_parameters(model) -> int:
-    """Full parameter count, also under ZeRO-3 where each rank holds only a shard."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += getattr(p, "ds_numel", None) or p.numel()
-    return total
+    """Full parameter count, also under ZeRO-3 where each rank holds only a shard.
+
+    `parameters()` yields a tied (shared) tensor once, as safetensors stores it once.
+    """
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
 def saved_parameters(model_dir: Path) -> int:
