@@ -29,16 +29,26 @@ DEFAULT_STAGE_MODULE = "hpcadapt.worker"
 REQUEUE_WAIT_S = 120
 
 
+DISTRIBUTED_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
 def export_torch_distributed_env() -> dict[str, str]:
     """Export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from Slurm.
+
+    Values inherited from the submitting shell (sbatch exports its whole environment)
+    are dropped first: a MASTER_PORT left over from a torchrun session would otherwise
+    give every job on a node the same port, and the second job's rendezvous would fail
+    or join the first one's. The port is then derived from the job id, stable across
+    requeues.
 
     CUDA_VISIBLE_DEVICES stays as Slurm set it (all GPUs of the node): DeepSpeed and
     the HF Trainer pick `cuda:LOCAL_RANK`, which fails on ranks > 0 if each task only
     sees one device.
     """
+    for key in DISTRIBUTED_KEYS:
+        os.environ.pop(key, None)
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    return {key: os.environ[key] for key in keys}
+    return {key: os.environ[key] for key in DISTRIBUTED_KEYS}
 
 
 class StageJob(Checkpointable):

@@ -22,11 +22,19 @@ os.environ.setdefault("WANDB_MODE", "offline")
 START_HINT = "run `bash slurm/local-cluster.sh up` as root"
 
 
-def _wait_until(condition, timeout_s: float, what: str) -> None:
+def _wait_until(condition, timeout_s: float, what: str, explain=None) -> None:
+    """Poll until true; on timeout fail naming what never happened, plus `explain()`'s
+    account of the jobs (their states and log tails), so a CI failure can be read."""
     deadline = time.time() + timeout_s
     while not condition():
         if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            detail = ""
+            if explain is not None:
+                try:
+                    detail = "\n" + explain()
+                except Exception as e:  # the account is a courtesy; never mask the timeout
+                    detail = f"\n(could not describe the jobs: {e!r})"
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")
         time.sleep(0.3)
 
 

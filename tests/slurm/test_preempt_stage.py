@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import submitit
 
+from slurm_helpers import describe_jobs, job_logs
+
 from hpcadapt.launch.slurm_record import read_record
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -38,7 +40,10 @@ def submit_cpt(root: Path, partition: str) -> tuple[Path, dict]:
            "cluster.timeout_min=15", "pipeline.prepare=[tiny_init,base_pretrain]", "pipeline.chain=[]",
            "pipeline.merge=false", "pipeline.evaluate=false", f"stages.base_pretrain.max_steps={STEPS}",
            "stages.base_pretrain.logging_steps=1", f"output_root={root}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, timeout=120)
+    # Submitted from a shell with torchrun leftovers: both jobs share the nodes, and an
+    # inherited MASTER_PORT would give their rendezvous one port (EADDRINUSE, or worse).
+    leftovers = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **leftovers}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(root.glob("runs/*/slurm_jobs.json")).parent
     return run_dir, {s.stage: s for s in read_record(run_dir).stages}
@@ -72,16 +77,20 @@ def test_preempted_two_node_zero3_stage_resumes_and_matches_an_uninterrupted_run
     run_b, jobs_b = submit_cpt(shared_dir / "reference", slurm_cluster["partition"])
     cpt_a, cpt_b = jobs_a["base_pretrain"], jobs_b["base_pretrain"]
 
-    wait_until(lambda: steps_logged(Path(cpt_a.log_err)) >= 6, 300, "the stage to train a few steps")
+    def explain() -> str:
+        return describe_jobs([cpt_a.job_id, cpt_b.job_id], job_logs(cpt_a.log_out, cpt_a.job_id)
+                             + job_logs(cpt_b.log_out, cpt_b.job_id))
+
+    wait_until(lambda: steps_logged(Path(cpt_a.log_err)) >= 6, 300, "the stage to train a few steps", explain)
     submitit.SlurmJob(folder=Path(cpt_a.log_out).parent, job_id=cpt_a.job_id)._interrupt()
 
     def complete(stage_dir: str) -> bool:
         return (Path(stage_dir) / "manifest.json").is_file()
 
-    wait_until(lambda: complete(cpt_a.stage_dir) and complete(cpt_b.stage_dir), 400, "both runs to finish")
+    wait_until(lambda: complete(cpt_a.stage_dir) and complete(cpt_b.stage_dir), 400, "both runs to finish", explain)
     log = Path(cpt_a.log_out).read_text(errors="replace")
     assert "resuming" in log, "the requeued job did not resume from a checkpoint"
-    wait_until(lambda: job_history(cpt_a.job_id)[-1:] == ["COMPLETED"], 60, "the requeued job to end")
+    wait_until(lambda: job_history(cpt_a.job_id)[-1:] == ["COMPLETED"], 60, "the requeued job to end", explain)
     assert "REQUEUED" in job_history(cpt_a.job_id)
 
     metrics_a = json.loads((Path(cpt_a.stage_dir) / "manifest.json").read_text())["metrics"]
