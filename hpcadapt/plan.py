@@ -2,7 +2,7 @@
 
 Each stage's folder is named by a hash of what determines its result: its kind and
 settings, the identity of its input model (for a model this pipeline produced, that
-model's own stage hash) and the content of its data. Re-running an experiment therefore
+model's own stage hash) and the content of its data (not where the files lie). Re-running an experiment therefore
 skips finished stages, changing one stage's settings re-runs it and everything
 downstream, and two experiments that share a prefix share its stages.
 
@@ -28,7 +28,7 @@ from hpcadapt.datamix import check_source, is_local
 from hpcadapt.errors import ModelError
 from hpcadapt.stagedir import is_complete, read_manifest, staging_dir_for, write_json_atomic
 
-PLAN_VERSION = 1  # bump when the meaning of a stage's settings changes
+PLAN_VERSION = 2  # bump when the meaning of a stage's settings or inputs changes
 # Settings that change how a stage runs or reports, not what it produces.
 NON_SEMANTIC = ("logging_steps", "save_steps", "keep_checkpoints")
 
@@ -113,7 +113,9 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
         stage_cfg = cfg.stages[name]
         settings = to_dict(stage_cfg)
         sources = mix_sources(cfg, stage_cfg.data, stage_cfg.kind) if stage_cfg.data else []
-        inputs: dict[str, Any] = {"data": [{**s, "identity": data_identity(s["path"])} for s in sources]}
+        # Content, not location: the same files under another output root are the same input.
+        inputs: dict[str, Any] = {"data": [{**{k: v for k, v in s.items() if k != "path"},
+                                            "identity": data_identity(s["path"])} for s in sources]}
         deps: list[str] = []
         extra: dict[str, Any] = {"data_sources": sources, "deepspeed": to_dict(cfg.deepspeed),
                                  "keep_checkpoints": stage_cfg.keep_checkpoints}
@@ -167,7 +169,7 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
             synergy = {"merged": "merged", "parents": ["instruct", pipe.chain[-1]]}
         add_stage(
             "eval", "eval",
-            {"models": model_ids, "files": {f: data_identity(f) for f in files}},
+            {"models": model_ids, "files": [data_identity(f) for f in files]},
             to_dict(cfg.eval), deps, 1,
             {"models": eval_models, "benchmark": list(cfg.data.benchmark), "heldout": cfg.data.heldout,
              "synergy": synergy, "merge_t": to_dict(cfg.merge)["t"]},

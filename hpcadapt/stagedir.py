@@ -71,6 +71,11 @@ def finalize(spec: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any
         "hash": spec["hash"],
         "pipeline": spec.get("pipeline"),
         "inputs": spec.get("inputs", {}),
+        # Where the inputs were read from this time (not part of the hash).
+        "sources": {"data": [src["path"] for src in spec.get("data_sources", [])],
+                    "models": {k: spec[k] for k in ("input_model", "base_model", "other_model") if k in spec}
+                    | spec.get("models", {}),
+                    "files": [*spec.get("benchmark", []), *([spec["heldout"]] if spec.get("heldout") else [])]},
         "settings": spec.get("settings", {}),
         "versions": library_versions(),
         "metrics": metrics,

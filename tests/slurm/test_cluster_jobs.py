@@ -88,17 +88,18 @@ def test_status_names_cancelled_oom_failed_and_blocked_jobs(wait_until, make_exe
 
 @pytest.mark.slow
 def test_stage_job_hitting_a_real_time_limit_is_requeued_and_finishes(wait_until, make_executor, shared_dir):
-    """A 1-minute limit with the warning 50 s before: Slurm's 30 s signal tick lands it
-    10-40 s into each run, so 45 s of work needs at least one requeue."""
+    """A 2-minute limit with the warning 100 s before. slurmctld checks limits on a ~30 s
+    tick that can slip, so the warning lands somewhere from 20 s into a run until its
+    end; 75 s of work outlasts that window, so at least one requeue must happen."""
     spec = shared_dir / "spec.json"
     state_dir = shared_dir / "state"
     state_dir.mkdir()
-    spec.write_text(json.dumps({"state_dir": str(state_dir), "total_steps": 90, "step_s": 0.5}))
-    executor = make_executor("timelimit", timeout_min=1, slurm_signal_delay_s=50, slurm_max_num_timeout=6)
+    spec.write_text(json.dumps({"state_dir": str(state_dir), "total_steps": 150, "step_s": 0.5}))
+    executor = make_executor("timelimit", timeout_min=2, slurm_signal_delay_s=100, slurm_max_num_timeout=6)
     job = executor.submit(StageJob(str(spec), "probe", stage_module="hpcadapt.launch.probe_stage"))
     job.result()
     state = read_json(state_dir / "rank0.json")
-    assert state["step"] == 90
+    assert state["step"] == 150
     assert state["stops"] >= 1 and state["starts"] == state["stops"] + 1, state
 
     def history() -> list[str]:

@@ -149,3 +149,24 @@ def test_dry_run_and_status_print_the_plan_without_running(tmp_path):
     status = run_cli(f"output_root={tmp_path}", "status=true")
     assert status.returncode == 0, status.stderr
     assert status.stdout.count("not run") == 8
+
+
+def test_stage_folders_depend_on_data_content_not_location(tmp_path):
+    """The same data under two output roots plans the same stage folders (so a chain run on
+    Slurm and one run here are the same stages); a changed byte re-plans what reads it."""
+    from spine_helpers import FAST, write_toy_domain
+
+    from hpcadapt.plan import plan_pipeline
+
+    def folders(root):
+        plan = plan_pipeline(compose_cfg([f"output_root={root}", *FAST, "pipeline.merge=true", "pipeline.evaluate=true"]))
+        return {s.name: s.stage_dir.name for s in plan.stages}
+
+    for root in ("a", "b"):
+        write_toy_domain(tmp_path / root)
+    here, there = folders(tmp_path / "a"), folders(tmp_path / "b")
+    assert here == there and len(here) == 8
+    heldout = tmp_path / "b" / "demo_data" / "heldout_text.jsonl"
+    heldout.write_text(heldout.read_text().replace("alloy", "metal"))
+    changed = folders(tmp_path / "b")
+    assert [n for n in here if here[n] != changed[n]] == ["eval"]
