@@ -1,7 +1,8 @@
 """hpcadapt_merge: a standalone, parallel, resumable merger for safetensors checkpoints.
 
 Importing this package is cheap and pulls in neither torch nor any training library;
-the heavy modules load when a merge runs.
+the heavy modules load when a merge runs (torch for SLERP, TIES and DARE; never
+transformers, trl, deepspeed or hydra).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ if TYPE_CHECKING:
 def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True, **options) -> "MergeSummary":
     """Merge as described by a mergekit-style dict or YAML path into `out_dir`.
 
-    Extra options: `shard_size` (bytes per output shard), `exact` (mergekit's
-    reduction order, bit for bit; needs torch). See engine.run_merge.
+    Extra option: `shard_size` (bytes per output shard). See engine.run_merge.
     """
     from .engine import run_merge as _run
 

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="dry run: print per tensor the method, t, sources and output shard")
     parser.add_argument("--plot-schedule", metavar="PNG", help="draw the t schedule over depth into this PNG")
     parser.add_argument("--out-shard-size", default="5GB", help="maximum output shard size (default 5GB)")
-    parser.add_argument("--exact", action="store_true", help="reproduce mergekit 0.1.5's SLERP reduction order bit for bit (slower; imports torch)")
+    parser.add_argument("--exact", action="store_true", help="accepted for compatibility: SLERP always reproduces mergekit 0.1.5's arithmetic")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -64,7 +64,7 @@ def _run(args) -> int:
     from .engine import run_merge
 
     run_merge(args.config, args.out, workers=args.workers, force=args.force, progress=not args.no_progress,
-              shard_size=shard_size, exact=args.exact)
+              shard_size=shard_size)
     return 0
 
 

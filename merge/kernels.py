@@ -1,45 +1,79 @@
 """Computing one output tensor inside a worker: read, merge, write, in bounded memory.
 
-A worker reads its inputs with pread into buffers it reuses, converts a chunk at a
-time to float32, and pwrites the result straight to its byte range of the output
-shard. Memory is therefore a few chunk buffers per worker (plus, for tensors up to
-WHOLE_TENSOR_BYTES, one read-once copy of the raw inputs), whatever the model size.
-SLERP needs the tensor's norms and dot before its first output element, so it makes
-two passes: statistics, then output.
+A worker maps a window of each input tensor (at most MAP_WINDOW bytes; the page cache
+is read in place, not copied), converts chunks to working floats in buffers it reuses,
+and pwrites the result straight to its byte range of the output shard. Memory is
+therefore a few buffers per worker whatever the model size: chunk buffers, plus for
+SLERP tensors up to DECODED_BYTES per input one decoded copy kept across its passes.
 
-numpy does the streaming math (it imports in a tenth of the time torch takes, which
-matters when a whole merge lasts seconds); torch is imported only for the methods
-that need whole-tensor operations (TIES, DARE) and for the mergekit-exact mode.
+SLERP runs on torch, op for op as mergekit 0.1.5 (methods/slerp.py); the engine
+imports torch once before starting workers and keeps each process to one torch
+thread. linear and task arithmetic stream in numpy; TIES and DARE need whole-tensor
+ranks and masks and hold one tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
+import mmap
 import os
+import warnings
 
 import numpy as np
 
+from .checkpoint import DTYPE_SIZES
+from .methods import slerp
 from .methods.linear import linear
-from .methods.slerp import DOT_THRESHOLD, EPS, combine, cosine_from_sums, slerp_coefficients
 from .methods.task_arithmetic import task_arithmetic
 from .plan import TensorJob
 
-CHUNK = 1 << 18  # elements converted to float32 at a time
-WHOLE_TENSOR_BYTES = 48 << 20  # inputs up to this size are read once, not once per pass
-EXACT_CHUNK = 1 << 20  # mergekit 0.1.5's chunk, for the bit-for-bit mode
+CHUNK = 1 << 18  # elements converted at a time by the elementwise methods
+MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time
+DECODED_BYTES = 4 << 20  # SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
 
+_NUMPY_DTYPES = {"BF16": np.int16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
+_TORCH_DTYPES: dict = {}  # filled by use_torch()
 _fds: dict[str, int] = {}
-_buffers: dict[tuple, np.ndarray] = {}
+_buffers: dict[tuple, object] = {}
 
 
-def run_job(job: TensorJob, out_paths: list[str], exact: bool = False) -> dict:
+def needs_torch(jobs) -> bool:
+    return any(job.method in TORCH_METHODS for job in jobs)
+
+
+TORCH_METHODS = ("slerp", "ties", "dare_ties", "dare_linear")
+
+
+def use_torch():
+    """Import torch (once, before workers fork, so they inherit it) and return it."""
+    import torch
+
+    if not _TORCH_DTYPES:
+        _TORCH_DTYPES.update(BF16=torch.bfloat16, F16=torch.float16, F32=torch.float32, F64=torch.float64)
+    return torch
+
+
+def single_threaded():
+    """Keep torch to one intra-op thread while merging: the merge is parallel by process, and
+    torch's reductions round differently when split over threads. Returns the previous count
+    (for restore_threads); call it in each process, after any fork."""
+    torch = use_torch()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return previous
+
+
+def restore_threads(previous: int) -> None:
+    use_torch().set_num_threads(previous)
+
+
+def run_job(job: TensorJob, out_paths: list[str]) -> dict:
     """Compute `job` and write it into its place in the output shard; return its report."""
     out_fd = _fd(out_paths[job.shard], os.O_WRONLY)
     if job.method == "copy":
         _copy_bytes(job.sources[0], out_fd, job.out_offset)
         return {"name": job.name, "method": "copy"}
     if job.method == "slerp":
-        return _slerp_job(job, out_fd, exact)
+        return _slerp_job(job, out_fd)
     if job.method in ("linear", "task_arithmetic"):
         _elementwise_job(job, out_fd)
     else:
@@ -50,111 +84,86 @@ def run_job(job: TensorJob, out_paths: list[str], exact: bool = False) -> dict:
 # ---- SLERP ---------------------------------------------------------------------------
 
 
-def _slerp_job(job: TensorJob, out_fd: int, exact: bool) -> dict:
+def _slerp_job(job: TensorJob, out_fd: int) -> dict:
+    """mergekit's three passes over the tensor in its chunks: norms, dot, output (methods/slerp.py)."""
+    import torch
+
     t = job.params["t"]
     a, b = (_Source(s, slot) for slot, s in enumerate(job.sources))
-    sums = [0.0, 0.0, 0.0]
-    if exact:
-        cosine, c0, c1, branch = _exact_stats(a, b, t)
-    else:
-        for start, stop in _chunks(a.numel):
-            x, y = a.floats(start, stop), b.floats(start, stop)
-            _accumulate_dots(x, y, sums)
-        cosine = cosine_from_sums(*sums, eps=EPS)
-        c0, c1, branch = slerp_coefficients(cosine, t, DOT_THRESHOLD)
-    report = {"name": job.name, "method": "slerp", "t": t, "cosine": cosine, "branch": branch}
-    if t in (0.0, 1.0) and job.sources[0].dtype == job.out_dtype and not exact:  # exact mode keeps mergekit's -0 + 0
+    in_dtype = job.params.get("dtype") or a.info.dtype  # mergekit casts its inputs to the recipe's dtype first
+    work = torch.float64 if in_dtype == "F64" else torch.float32
+    cache = a.numel * work.itemsize <= DECODED_BYTES  # decode once and keep, or decode in each pass
+    fa, fb = _Floats(a, in_dtype, work, cache), _Floats(b, in_dtype, work, cache)
+    bounds = slerp.chunk_bounds(a.numel)
+    report = {"name": job.name, "method": "slerp", "t": t, "cosine": 0.0, "branch": "lerp"}
+    if not bounds:
+        return report
+    norms_a, norms_b = [], []
+    for lo, hi in bounds:
+        norms_a.append(slerp.chunk_norm(fa.chunk(lo, hi)))
+        norms_b.append(slerp.chunk_norm(fb.chunk(lo, hi)))
+    norm_a, norm_b = slerp.total_norm(norms_a), slerp.total_norm(norms_b)
+    dots = []
+    for lo, hi in bounds:
+        x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
+        sx, sy = x, y  # decoded for this pass only: quotients overwrite them
+        if cache:  # kept floats are read again in the output pass: quotients go to scratch buffers
+            sx, sy = (_tensor_buffer(("dot", k), slerp.CHUNK, work)[: hi - lo] for k in (0, 1))
+        dots.append(slerp.chunk_dot(x, y, norm_a, norm_b, sx, sy))
+    cosine = slerp.total_cosine(dots)
+    c0, c1, branch = slerp.coefficients(cosine, t)
+    report.update(cosine=float(cosine), branch=branch)
+    if t in (0.0, 1.0) and a.info.dtype == in_dtype == job.out_dtype:
         _copy_bytes(job.sources[0 if t == 0.0 else 1], out_fd, job.out_offset)
         report["copied_from"] = "base" if t == 0.0 else "other"
         return report
-    if exact:
-        _exact_output(a, b, c0, c1, job, out_fd)
-        return report
-    finite = all(np.isfinite(s) for s in sums)  # finite inputs give a finite output
-    c0, c1 = np.float32(c0), np.float32(c1)
-    for start, stop in _chunks(a.numel):
-        x, y = a.floats(start, stop), b.floats(start, stop)
-        np.multiply(x, c0, out=x)
-        np.multiply(y, c1, out=y)
-        np.add(x, y, out=x)
-        _write(out_fd, job, start, _encode(x, job.out_dtype, finite))
+    out = _Output(job, in_dtype, out_fd)
+    for lo, hi in bounds:
+        x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
+        out.write(lo, slerp.combine(x, y, c0, c1, out=x, scratch=y))  # the last use of these floats: in place
     return report
 
 
-def _accumulate_dots(x: np.ndarray, y: np.ndarray, sums: list[float]) -> None:
-    """‖x‖², ‖y‖², x·y of one chunk, in float64 (a float32 dot drifts by ~1e-6 already at 16K elements)."""
-    x64 = _buffer(("f64", 0), x.size, np.float64)[: x.size]
-    y64 = _buffer(("f64", 1), y.size, np.float64)[: y.size]
-    np.copyto(x64, x)
-    np.copyto(y64, y)
-    sums[0] += float(_dot(x64, x64))
-    sums[1] += float(_dot(y64, y64))
-    sums[2] += float(_dot(x64, y64))
+class _Output:
+    """Writes result chunks into the job's byte range, cast as mergekit casts: working floats ->
+    the compute dtype -> the output dtype."""
+
+    def __init__(self, job: TensorJob, in_dtype: str, fd: int):
+        self.job, self.fd = job, fd
+        self.rounded = _tensor_buffer(("round",), slerp.CHUNK, _TORCH_DTYPES[in_dtype])
+        self.final = self.rounded if job.out_dtype == in_dtype else _tensor_buffer(("final",), slerp.CHUNK, _TORCH_DTYPES[job.out_dtype])
+
+    def write(self, start: int, values) -> None:
+        n = values.numel()
+        self.rounded[:n].copy_(values.view(-1))
+        if self.final is not self.rounded:
+            self.final[:n].copy_(self.rounded[:n])
+        _write(self.fd, self.job, start, self.final[:n].view(use_torch().uint8).numpy())
 
 
-def _einsum_dot(x: np.ndarray, y: np.ndarray) -> float:
-    return np.einsum("i,i->", x, y)
+class _Floats:
+    """A source tensor as chunks of working floats: decoded once into a kept buffer when it fits
+    DECODED_BYTES (chunks then come from there in every pass), else decoded again in each pass."""
 
+    def __init__(self, source: "_Source", in_dtype: str, work, cache: bool):
+        self.source, self.in_dtype, self.work, self.cache = source, in_dtype, work, cache
+        size = source.numel if cache else slerp.CHUNK
+        self.buffer = _tensor_buffer(("floats", source.slot, cache), size, work)
+        self.decoded = 0  # with a cache: elements [0, decoded) are in the buffer
 
-_dot = np.dot
-_blas_limit = None
+    def chunk(self, lo: int, hi: int):
+        if not self.cache:
+            return self._decode(lo, hi, self.buffer[: hi - lo])
+        if hi > self.decoded:
+            self._decode(self.decoded, hi, self.buffer[self.decoded : hi])
+            self.decoded = hi
+        return self.buffer[lo:hi]
 
-
-def single_threaded_blas():
-    """Keep BLAS to one thread while merging: the merge is already parallel by process, and
-    OpenBLAS spinning threads on a busy machine made each dot ~100x slower (measured). Without
-    threadpoolctl, dots fall back to numpy's own einsum loop (no BLAS, ~2x slower than one
-    BLAS thread). Returns a context manager; entering is optional for worker processes."""
-    global _dot, _blas_limit
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        _dot = _einsum_dot
-        return contextlib.nullcontext()
-    _blas_limit = threadpool_limits(limits=1, user_api="blas")
-    return _blas_limit
-
-
-def _exact_stats(a: "_Source", b: "_Source", t: float):
-    """mergekit 0.1.5's reductions, op for op: chunk norms, norm of norms, dot of normalised chunks."""
-    import torch
-
-    norms_a, norms_b = [], []
-    for start, stop in _chunks(a.numel, EXACT_CHUNK):
-        x, y = (torch.from_numpy(s.floats(start, stop)).reshape(1, -1) for s in (a, b))
-        norms_a.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
-        norms_b.append(torch.linalg.vector_norm(y, dim=1, keepdim=True))
-    norm_a = torch.linalg.vector_norm(torch.stack(norms_a), dim=0)
-    norm_b = torch.linalg.vector_norm(torch.stack(norms_b), dim=0)
-    norm_a = torch.where(norm_a > EPS, norm_a, 1)
-    norm_b = torch.where(norm_b > EPS, norm_b, 1)
-    dots = []
-    for start, stop in _chunks(a.numel, EXACT_CHUNK):
-        x, y = (torch.from_numpy(s.floats(start, stop)).reshape(1, -1) for s in (a, b))
-        dots.append(((x / norm_a) * (y / norm_b)).sum(dim=1, keepdim=True))
-    dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
-    t32 = torch.tensor([[t]], dtype=torch.float32)
-    linear_branch = dot.abs() > DOT_THRESHOLD
-    theta = torch.acos(torch.where(linear_branch, 0, dot))
-    sin_theta = torch.sin(theta)
-    c0 = torch.where(linear_branch, 1 - t32, torch.sin((1 - t32) * theta) / sin_theta)
-    c1 = torch.where(linear_branch, t32, torch.sin(t32 * theta) / sin_theta)
-    return float(dot), c0, c1, "lerp" if bool(linear_branch) else "slerp"
-
-
-def _exact_output(a: "_Source", b: "_Source", c0, c1, job: TensorJob, out_fd: int) -> None:
-    import torch
-
-    out_dtype = _torch_dtype(job.out_dtype)
-    for start, stop in _chunks(a.numel, EXACT_CHUNK):
-        x, y = (torch.from_numpy(s.floats(start, stop)).reshape(1, -1) for s in (a, b))
-        _write(out_fd, job, start, (c0 * x + c1 * y).to(out_dtype).reshape(-1).view(torch.uint8).numpy())
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}[name]
+    def _decode(self, lo: int, hi: int, out):
+        raw = self.source.tensor(lo, hi)
+        if self.in_dtype != self.source.info.dtype:
+            raw = raw.to(_TORCH_DTYPES[self.in_dtype])
+        return out.copy_(raw)
 
 
 # ---- other methods ---------------------------------------------------------------------
@@ -192,10 +201,10 @@ def _whole_tensor_job(job: TensorJob, out_fd: int) -> None:
 
 
 def _read_whole_floats(info) -> np.ndarray:
-    raw = np.empty(info.nbytes, dtype=np.uint8)
-    _pread_into(_fd(str(info.file), os.O_RDONLY), raw, info.offset)
     out = np.empty(info.numel, dtype=np.float32)
-    _decode(raw, info.dtype, out)
+    source = _Source(info, slot=-1)
+    for start, stop in _chunks(info.numel, max(1, MAP_WINDOW // source.itemsize)):
+        _decode(source.elements(start, stop), info.dtype, out[start:stop])
     return out
 
 
@@ -203,50 +212,69 @@ def _read_whole_floats(info) -> np.ndarray:
 
 
 class _Source:
-    """One input tensor, read either once whole (small) or per chunk (large)."""
+    """One input tensor, read through a mapped window of its file (at most MAP_WINDOW bytes,
+    or one request if larger). Views handed out keep their window alive until dropped."""
 
     def __init__(self, info, slot: int):
         self.info, self.slot = info, slot
         self.numel = info.numel
-        self.itemsize = info.nbytes // max(info.numel, 1)
+        self.itemsize = DTYPE_SIZES[info.dtype]
         self.fd = _fd(str(info.file), os.O_RDONLY)
-        self.whole = None
-        if info.nbytes <= WHOLE_TENSOR_BYTES:
-            self.whole = _buffer(("whole", slot), WHOLE_TENSOR_BYTES, np.uint8)[: info.nbytes]
-            _pread_into(self.fd, self.whole, info.offset)
+        self.lo = self.hi = 0  # elements [lo, hi) are mapped
+        self.array = self.torch_view = None
 
-    def raw(self, start: int, stop: int) -> np.ndarray:
-        lo, hi = start * self.itemsize, stop * self.itemsize
-        if self.whole is not None:
-            return self.whole[lo:hi]
-        buf = _buffer(("raw", self.slot), hi - lo, np.uint8)[: hi - lo]
-        _pread_into(self.fd, buf, self.info.offset + lo)
-        return buf
+    def elements(self, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) in the file's own encoding (bf16 as int16), read-only."""
+        if start < self.lo or stop > self.hi:
+            self._map(start, stop)
+        return self.array[start - self.lo : stop - self.lo]
+
+    def tensor(self, start: int, stop: int):
+        """Elements [start, stop) as a torch tensor of the file's dtype, read-only."""
+        if start < self.lo or stop > self.hi or self.torch_view is None:
+            self._map(start, stop)
+            torch = use_torch()
+            with warnings.catch_warnings():  # torch cannot mark a tensor read-only and says so; nothing writes here
+                warnings.simplefilter("ignore")
+                view = torch.from_numpy(self.array)
+            self.torch_view = view.view(torch.bfloat16) if self.info.dtype == "BF16" else view
+        return self.torch_view[start - self.lo : stop - self.lo]
 
     def floats(self, start: int, stop: int) -> np.ndarray:
         """Elements [start, stop) as float32, in a buffer reused by the next call with this slot."""
         out = _buffer(("f32", self.slot), stop - start, np.float32)[: stop - start]
-        _decode(self.raw(start, stop), self.info.dtype, out)
+        _decode(self.elements(start, stop), self.info.dtype, out)
         return out
+
+    def _map(self, start: int, stop: int) -> None:
+        self.array = self.torch_view = None  # the old window goes when its last view does
+        stop = max(stop, min(self.numel, start + MAP_WINDOW // self.itemsize))
+        first = self.info.offset + start * self.itemsize
+        aligned = first - first % mmap.ALLOCATIONGRANULARITY
+        count = stop - start
+        if count == 0:
+            self.array = np.empty(0, dtype=_NUMPY_DTYPES[self.info.dtype])
+        else:
+            window = mmap.mmap(self.fd, first - aligned + count * self.itemsize, flags=mmap.MAP_SHARED | _POPULATE,
+                               prot=mmap.PROT_READ, offset=aligned)
+            self.array = np.frombuffer(window, dtype=_NUMPY_DTYPES[self.info.dtype], count=count, offset=first - aligned)
+        self.lo, self.hi = start, stop
+
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the window in with one call, not page by page
 
 
 def _decode(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
     if dtype == "BF16":
         np.left_shift(raw.view(np.uint16), 16, out=out.view(np.uint32), dtype=np.uint32)
-    elif dtype == "F16":
-        np.copyto(out, raw.view(np.float16))
-    elif dtype == "F32":
-        np.copyto(out, raw.view(np.float32))
-    elif dtype == "F64":
-        np.copyto(out, raw.view(np.float64), casting="unsafe")
+    elif dtype in ("F16", "F32", "F64"):
+        np.copyto(out, raw, casting="unsafe")
     else:
         raise ValueError(f"cannot merge dtype {dtype}")
 
 
-def _encode(x: np.ndarray, dtype: str, finite: bool = False) -> np.ndarray:
-    """float32 -> the output dtype's bytes; bf16 rounds to nearest even, as torch does.
-
-    `finite` promises no NaN in `x` (SLERP knows it from its sums) and skips that check."""
+def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 -> the output dtype's bytes; bf16 rounds to nearest even, as torch does."""
     if dtype == "BF16":
         bits = x.view(np.uint32)
         tmp = _buffer(("enc",), x.size, np.uint32)[: x.size]
@@ -256,9 +284,7 @@ def _encode(x: np.ndarray, dtype: str, finite: bool = False) -> np.ndarray:
         np.add(tmp, bits, out=tmp)
         out = _buffer(("out16",), x.size, np.uint16)[: x.size]
         np.copyto(out, tmp.view(np.uint16)[1::2])
-        if not finite:  # the +0x7FFF carry would turn some NaN payloads into ±0 / inf
-            nan = np.isnan(x)
-            out[nan] = 0x7FC0
+        out[np.isnan(x)] = 0x7FC0  # the +0x7FFF carry would turn some NaN payloads into ±0 / inf
         return out.view(np.uint8)
     if dtype == "F16":
         return x.astype(np.float16).view(np.uint8)
@@ -289,15 +315,6 @@ def _copy_bytes(info, out_fd: int, out_offset: int) -> None:
         done += n
 
 
-def _pread_into(fd: int, buf: np.ndarray, offset: int) -> None:
-    view = memoryview(buf).cast("B")
-    while view:
-        n = os.preadv(fd, [view], offset)
-        if n == 0:
-            raise OSError(f"unexpected end of file at byte {offset}")
-        view, offset = view[n:], offset + n
-
-
 def _chunks(numel: int, size: int | None = None):
     size = size or CHUNK  # read at call time, so tests can shrink CHUNK
     for start in range(0, numel, size):
@@ -312,9 +329,17 @@ def _numel(shape) -> int:
 
 
 def _buffer(key: tuple, size: int, dtype) -> np.ndarray:
-    buf = _buffers.get(key)
+    buf = _buffers.get((key, dtype))
     if buf is None or buf.size < size:
-        buf = _buffers[key] = np.empty(size, dtype=dtype)
+        buf = _buffers[(key, dtype)] = np.empty(size, dtype=dtype)
+    return buf
+
+
+def _tensor_buffer(key: tuple, size: int, dtype):
+    """A reused 1-D torch tensor of at least `size` elements."""
+    buf = _buffers.get((key, dtype))
+    if buf is None or buf.numel() < size:
+        buf = _buffers[(key, dtype)] = use_torch().empty(size, dtype=dtype)
     return buf
 
 

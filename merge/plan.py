@@ -168,7 +168,8 @@ def _tensor_params(config: MergeConfig, name: str, num_layers: int) -> dict[str,
         t = float(value(config.parameters["t"], "t"))
         if not 0.0 <= t <= 1.0:
             raise ConfigError(f"t = {t} for tensor {name!r} is outside [0, 1]")
-        return {"t": t}
+        dtype = CONFIG_DTYPE_NAMES[config.dtype] if config.dtype else None  # inputs are cast to it before merging
+        return {"t": t, "dtype": dtype}
     params: dict[str, Any] = {
         "normalize": bool(value(config.parameters.get("normalize", config.method in ("linear", "ties", "dare_ties")), "normalize")),
         "lambda": float(value(config.parameters.get("lambda", 1.0), "lambda")),

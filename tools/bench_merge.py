@@ -6,8 +6,12 @@
 The second parent is the first plus relative Gaussian noise whose size varies per
 tensor, so cosines spread over 0.99-0.9999 like a real fine-tune and both SLERP
 branches occur. Runs alternate (mergekit shipped, mergekit with its faster malloc
-settings, ours) on a warm page cache with no pending writeback (sync before each run); each is timed and measured by /usr/bin/time -v
-(peak RSS of the largest process), and ours also reports the sum over its workers.
+settings, ours) on a warm page cache with no pending writeback (sync before each run); each
+is timed and measured by /usr/bin/time -v (peak RSS of the largest process), and ours also
+reports the sum over its workers. The summary gives medians, ratios, GB/s against this
+machine's page-cache read/write floor, and parity with mergekit (hpcadapt_merge.compare:
+identical elements, largest difference in bf16 ulps, SLERP branch read off mergekit's output).
+Time it on a quiet machine (check /proc/loadavg first): other load inflates every figure.
 Data lives in bench/ (git-ignored) and is deleted afterwards unless --keep.
 """
 
@@ -140,58 +144,13 @@ def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
     return nbytes / 1e9 / seconds
 
 
-def compare(ours: Path, theirs: Path, a: Path, b: Path) -> dict:
-    """Element agreement (bf16 ulps) and branch agreement between two merged folders."""
-    import numpy as np
-    import torch
-    from mergekit.merge_methods.slerp import slerp as mk_slerp
-    from safetensors import safe_open
-
-    def ordered(t):
-        """bf16 bit patterns as integers that count ulps across zero (-0 and +0 both 0)."""
-        bits = t.view(torch.int16).int()
-        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
-
-    def tensors(folder):
-        if not (folder / "model.safetensors.index.json").is_file():  # mergekit writes one unindexed file when it fits
-            with safe_open(folder / "model.safetensors", "pt") as f:
-                return {name: folder / "model.safetensors" for name in f.keys()}
-        index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
-        return {name: folder / shard for name, shard in index.items()}
-
-    mine, other = tensors(ours), tensors(theirs)
-    report = json.loads((ours / "merge_report.json").read_text())["tensors"]
-    pa, pb = tensors(a), tensors(b)
-    total = identical = 0
-    max_ulp, branch_mismatch = 0, []
-    for name in sorted(mine):
-        with safe_open(mine[name], "pt") as f1, safe_open(other[name], "pt") as f2:
-            x, y = f1.get_tensor(name), f2.get_tensor(name)
-        equal = x == y
-        if not bool(equal.all()):
-            diff = (ordered(x) - ordered(y)).abs()[~equal]
-            max_ulp = max(max_ulp, int(diff.max()))
-        total, identical = total + x.numel(), identical + int(equal.sum())
-        if x.dim() == 2 and report[name]["t"] not in (0.0, 1.0):
-            with safe_open(pa[name], "pt") as fa, safe_open(pb[name], "pt") as fb:
-                va, vb = fa.get_tensor(name).float().reshape(1, -1), fb.get_tensor(name).float().reshape(1, -1)
-            out = mk_slerp(torch.tensor([0.5]), va, vb)
-            theirs_branch = "lerp" if torch.allclose(out, 0.5 * va + 0.5 * vb, rtol=1e-6, atol=0) else "slerp"
-            if theirs_branch != report[name]["branch"]:
-                branch_mismatch.append(name)
-    branches = [r["branch"] for r in report.values()]
-    return {"elements": total, "identical_fraction": identical / total, "max_ulp": max_ulp,
-            "branch_mismatches": branch_mismatch, "branches": {k: branches.count(k) for k in set(branches)}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="mistral-22")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--dir", type=Path, default=Path("bench"))
     parser.add_argument("--only-ours", action="store_true", help="skip mergekit (e.g. the 7B memory check)")
-    parser.add_argument("--exact", action="store_true", help="run ours in mergekit-exact mode")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
 
@@ -210,13 +169,14 @@ def main() -> None:
     in_bytes = sum(p.stat().st_size for p in inputs)
     bin_dir = Path(sys.executable).parent
     runs = {"ours": [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force"]
-            + (["--workers", str(args.workers)] if args.workers else []) + (["--exact"] if args.exact else [])}
+            + (["--workers", str(args.workers)] if args.workers else [])}
     envs = {"ours": env}
     if not args.only_ours:
         runs["mergekit"] = [str(bin_dir / "mergekit-yaml"), str(config), str(folder / "mergekit")]
         runs["mergekit-tuned"] = runs["mergekit"][:-1] + [str(folder / "mergekit-tuned")]
         envs["mergekit"], envs["mergekit-tuned"] = env, {**env, **TUNED_MALLOC}
     results = {name: [] for name in runs}
+    load_before = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
     read_gbps = warm(inputs)
     for repeat in range(args.repeats):
         for name, command in runs.items():
@@ -234,18 +194,26 @@ def main() -> None:
     os.sync()
     write_gbps = write_floor(folder)
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
-    print("\nsummary (median of %d, warm cache)" % args.repeats)
+    print(f"\nsummary ({args.shape}, median of {args.repeats}, warm cache, load before: {load_before})")
     medians = {n: (statistics.median(s for s, _ in r), max(m for _, m in r)) for n, r in results.items()}
-    for name, (seconds, rss) in medians.items():
-        print(f"  {name:15s} {seconds:7.2f} s   peak RSS {rss / 2**20:5.2f} GiB   {(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
     floor = in_bytes / 1e9 / read_gbps + out_bytes / 1e9 / write_gbps
-    print(f"  floors: page-cache read {read_gbps:.1f} GB/s, page-cache write {write_gbps:.2f} GB/s -> "
-          f"{in_bytes / 1e9:.1f} GB read + {out_bytes / 1e9:.1f} GB written >= {floor:.2f} s single-threaded")
+    for name, (seconds, rss) in medians.items():
+        print(f"  {name:15s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _ in results[name])})   "
+              f"peak RSS {rss / 2**20:5.2f} GiB   {(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
+    print(f"  floor: page-cache read {read_gbps:.1f} GB/s, write {write_gbps:.2f} GB/s -> {in_bytes / 1e9:.2f} GB read + "
+          f"{out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s = {(in_bytes + out_bytes) / 1e9 / floor:.2f} GB/s on one core; "
+          f"ours reaches {floor / medians['ours'][0]:.0%} of that")
     if not args.only_ours:
-        ours_s = medians["ours"][0]
+        ours_s, ours_rss = medians["ours"]
         for name in ("mergekit", "mergekit-tuned"):
-            print(f"  speed-up vs {name}: {medians[name][0] / ours_s:.2f}x; RSS ratio {medians[name][1] / medians['ours'][1]:.1f}x")
-        print("  numerical comparison vs mergekit-tuned:", json.dumps(compare(folder / "ours", folder / "mergekit-tuned", a, b)))
+            print(f"  vs {name:15s} {medians[name][0] / ours_s:5.2f}x faster; peak RSS {medians[name][1] / ours_rss:5.1f}x smaller")
+        from hpcadapt_merge.compare import compare
+
+        parity = compare(folder / "ours", folder / "mergekit-tuned", a, b)
+        print(f"  parity vs mergekit-tuned: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
+              f"max {parity['max_ulp']} bf16 ulp, {len(parity['branch_mismatches'])} branch mismatches, branches {parity['branches']}")
+        if parity["branch_mismatches"]:
+            print("  mismatched:", json.dumps(parity["branch_mismatches"]))
     if not args.keep:
         shutil.rmtree(folder)
         print(f"removed {folder}")

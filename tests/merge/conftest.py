@@ -48,15 +48,20 @@ def derive_model(src: Path, dst: Path, noise: float, seed: int, dtype: str = "bf
     return dst
 
 
+def random_mistral(folder: Path, hidden: int, intermediate: int, layers: int) -> Path:
+    """A randomly initialised tiny Mistral with its tokenizer, saved to `folder`."""
+    from hpcadapt.tiny import TinyShape, build_tiny_model_dir
+
+    texts = [f"steel grain boundary {i} fatigue crack silk protein fibre" for i in range(300)]
+    return build_tiny_model_dir(folder, texts, arch="mistral", vocab_size=320,
+                                shape=TinyShape(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers), seed=0)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """{'base', 'tuned', 'other'}: a bf16 base and two perturbed fine-tunes of it (4 layers)."""
-    from hpcadapt.tiny import TinyShape, build_tiny_model_dir
-
     root = tmp_path_factory.mktemp("merge-models")
-    texts = [f"steel grain boundary {i} fatigue crack silk protein fibre" for i in range(300)]
-    random_init = build_tiny_model_dir(root / "init", texts, arch="mistral", vocab_size=320,
-                                       shape=TinyShape(hidden_size=64, intermediate_size=160, num_hidden_layers=4), seed=0)
+    random_init = random_mistral(root / "init", hidden=64, intermediate=160, layers=4)
     return {
         "base": derive_model(random_init, root / "base", 0.0, 0),
         "tuned": derive_model(random_init, root / "tuned", 0.02, 1),

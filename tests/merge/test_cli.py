@@ -63,9 +63,10 @@ def test_merging_imports_no_training_stack(models, tmp_path):
 import sys
 import hpcadapt_merge
 from hpcadapt_merge.plan import build_plan
+assert "torch" not in sys.modules  # importing the package is cheap
 summary = hpcadapt_merge.run_merge({slerp_config(models)!r}, {str(tmp_path / 'out')!r}, workers=2, progress=False)
 assert summary.tensors > 0
-heavy = [m for m in ("transformers", "trl", "deepspeed", "hydra", "torch", "accelerate") if m in sys.modules]
+heavy = [m for m in ("transformers", "trl", "deepspeed", "hydra", "accelerate") if m in sys.modules]  # torch is allowed
 print("HEAVY", heavy)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -8,6 +8,7 @@ from conftest import PAPER_T, folder_bytes, load_tensors, slerp_config
 from test_methods import reference_slerp
 
 from hpcadapt_merge import kernels, run_merge
+from hpcadapt_merge.methods import slerp
 from hpcadapt_merge.schedule import resolve_t
 
 
@@ -23,27 +24,24 @@ def test_slerp_merge_matches_reference_per_tensor(models, tmp_path):
             assert torch.equal(out.view(torch.int16), (a if t == 0 else b)[name].view(torch.int16)), name
             continue
         ref, cos = reference_slerp(a[name].float().numpy(), b[name].float().numpy(), t)
-        assert report[name]["cosine"] == pytest.approx(cos, abs=1e-7)
-        assert report[name]["branch"] == ("lerp" if abs(cos) > 0.9995 else "slerp")
+        assert report[name]["cosine"] == pytest.approx(cos, abs=1e-5)  # float32 sums in mergekit's order
+        assert report[name]["branch"] == ("lerp" if abs(report[name]["cosine"]) > 0.9995 else "slerp")
         ulps = (out.view(torch.int16).int() - torch.from_numpy(ref).reshape(out.shape).bfloat16().view(torch.int16).int()).abs()
         assert int(ulps.max()) <= 1, name
     assert {r["branch"] for r in report.values()} == {"lerp", "slerp"}
 
 
-def test_output_bytes_do_not_depend_on_workers_or_chunking(models, tmp_path, monkeypatch):
+def test_output_bytes_do_not_depend_on_workers_or_io_chunking(models, tmp_path, monkeypatch):
+    monkeypatch.setattr(slerp, "CHUNK", 1000)  # several reduction chunks per tensor, even in a tiny model
     config = slerp_config(models)
     run_merge(config, tmp_path / "w1", workers=1, progress=False, shard_size=100_000)
     run_merge(config, tmp_path / "w3", workers=3, progress=False, shard_size=100_000)
-    monkeypatch.setattr(kernels, "CHUNK", 1000)  # stream in small chunks, re-reading the inputs
-    monkeypatch.setattr(kernels, "WHOLE_TENSOR_BYTES", 4096)
-    run_merge(config, tmp_path / "chunked", workers=1, progress=False, shard_size=100_000)
+    monkeypatch.setattr(kernels, "DECODED_BYTES", 0)  # decode again in each pass instead of keeping floats
+    monkeypatch.setattr(kernels, "MAP_WINDOW", 4096)  # and map the inputs a few pages at a time
+    run_merge(config, tmp_path / "streamed", workers=1, progress=False, shard_size=100_000)
     one = folder_bytes(tmp_path / "w1")
     assert sum(name.startswith("model-") for name in one) > 2
-    assert one == folder_bytes(tmp_path / "w3")
-    chunked = load_tensors(tmp_path / "chunked")
-    for name, tensor in load_tensors(tmp_path / "w1").items():  # float64 partial sums may round the cosine differently
-        ulps = (tensor.view(torch.int16).int() - chunked[name].view(torch.int16).int()).abs()
-        assert int(ulps.max()) <= 1, name
+    assert one == folder_bytes(tmp_path / "w3") == folder_bytes(tmp_path / "streamed")
 
 
 def test_output_folder_is_complete(models, tmp_path):
