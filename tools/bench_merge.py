@@ -177,6 +177,7 @@ def main() -> None:
         envs["mergekit"], envs["mergekit-tuned"] = env, {**env, **TUNED_MALLOC}
     results = {name: [] for name in runs}
     load_before = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
+    warm(inputs)  # the first read may come from disk
     read_gbps = warm(inputs)
     for repeat in range(args.repeats):
         for name, command in runs.items():
