@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.config import world_size
 from hpcadapt.errors import HpcadaptError, ModelError, StageFailed
 from hpcadapt.plan import PipelinePlan, plan_pipeline, write_specs
 from hpcadapt.preflight import CHAT_KINDS, has_chat_template_files
@@ -20,29 +21,38 @@ from hpcadapt.stagedir import is_complete
 
 
 def run_local(cfg: Any) -> PipelinePlan:
+    from hpcadapt.launch.local import WarmWorker, run_stage_local
+
     started = time.time()
     check_writable(Path(cfg.output_root))
-    prepare_data(cfg)
-    plan = plan_pipeline(cfg)
-    check_models(plan, cfg)
-    print_plan(plan)
-    if cfg.dry_run:
-        return plan
-    write_specs(plan)
-    from hpcadapt.launch.local import run_stage_local
-
-    total = len(plan.stages)
-    for i, stage in enumerate(plan.stages, start=1):
-        if stage.done:
-            print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}): already complete, skipped", flush=True)
-            continue
-        print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}) on {stage.nprocs} process(es) "
-              f"-> {stage.stage_dir}", flush=True)
-        t0 = time.time()
-        run_stage_local(stage)
-        if not is_complete(stage.stage_dir):
-            raise StageFailed(f"stage {stage.name!r} exited cleanly but {stage.stage_dir} is not complete")
-        print(f"[stage {i}/{total}] {stage.name} done in {time.time() - t0:.1f} s", flush=True)
+    # The first stage's process imports torch and TRL while this one plans.
+    warm = WarmWorker() if not cfg.dry_run and world_size(cfg) == 1 else None
+    try:
+        prepare_data(cfg)
+        plan = plan_pipeline(cfg)
+        check_models(plan, cfg)
+        print_plan(plan)
+        if cfg.dry_run:
+            return plan
+        write_specs(plan)
+        total = len(plan.stages)
+        for i, stage in enumerate(plan.stages, start=1):
+            if stage.done:
+                print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}): already complete, skipped", flush=True)
+                continue
+            print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}) on {stage.nprocs} process(es) "
+                  f"-> {stage.stage_dir}", flush=True)
+            t0 = time.time()
+            current, warm = (warm, None) if stage.nprocs == 1 else (None, warm)
+            if stage.nprocs == 1 and warm is None and any(s.nprocs == 1 and not s.done for s in plan.stages[i:]):
+                warm = WarmWorker()  # the next stage's, importing while this one runs on one core
+            run_stage_local(stage, warm=current)
+            if not is_complete(stage.stage_dir):
+                raise StageFailed(f"stage {stage.name!r} exited cleanly but {stage.stage_dir} is not complete")
+            print(f"[stage {i}/{total}] {stage.name} done in {time.time() - t0:.1f} s", flush=True)
+    finally:
+        if warm is not None:
+            warm.discard()
     link_stages(plan)
     report(plan)
     print(f"\nhpcadapt: pipeline {plan.name} finished in {time.time() - started:.1f} s; run folder {plan.run_dir}")

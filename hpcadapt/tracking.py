@@ -2,13 +2,16 @@
 
 The run is opened by us (on rank 0) before the Trainer exists, so its config is the
 resolved hpcadapt config rather than the Trainer's arguments; the Trainer's W&B callback
-then logs into this same run. The run id is derived from the stage hash, so a requeued
-Slurm job continues the run it started. Without an API key runs are written offline
-(`wandb sync` uploads them later); nothing here ever writes a key anywhere.
+then logs into this same run. The run id is derived from the stage hash and the stage
+folder's location, so a requeued Slurm job continues the run it started while the same
+settings run under another output root get a run of their own. Without an API key runs
+are written offline (`wandb sync` uploads them later); nothing here ever writes a key
+anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -36,12 +39,28 @@ def resolve_mode(settings: dict[str, Any]) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def run_id(spec: dict[str, Any]) -> str:
+    """Stable across requeues of one stage folder, distinct for every other folder.
+
+    The stage hash alone is not enough: two pipelines with the same settings under
+    different output roots (a local run and its Slurm twin, a reference run) would share
+    it, and W&B refuses a second live run with an id already in use.
+    """
+    where = hashlib.sha256(str(Path(spec["stage_dir"]).resolve()).encode()).hexdigest()[:8]
+    return f"{spec['name']}-{spec['hash'][:16]}-{where}"
+
+
 def start_run(spec: dict[str, Any], job_type: str | None = None):
     """Open (or resume) this stage's run on rank 0; returns None where W&B is off."""
     settings = spec["wandb"]
     mode = resolve_mode(settings)
     if mode == "disabled" or int(os.environ.get("RANK", 0)) != 0:
         return None
+    # A wandb-core service address inherited from the launching process (a notebook or
+    # test runner that used W&B; sbatch exports the whole environment) would make this
+    # stage a client of that process: gone when it exits, unreachable from another node,
+    # and shared with every other stage it launched. Each stage starts its own.
+    os.environ.pop("WANDB_SERVICE", None)
     import wandb
 
     root = Path(spec["stage_dir"]).parent.parent  # output_root: keeps wandb/ out of the stage folder
@@ -52,7 +71,7 @@ def start_run(spec: dict[str, Any], job_type: str | None = None):
         group=settings["group"],
         job_type=job_type or spec["kind"],
         name=f"{spec['name']}-{spec['hash'][:8]}",
-        id=f"{spec['name']}-{spec['hash'][:16]}",
+        id=run_id(spec),
         resume="allow",
         mode=mode,
         dir=str(root),

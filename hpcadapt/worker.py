@@ -1,5 +1,10 @@
 """Run one stage in one process: `python -m hpcadapt.worker SPEC.json`.
 
+`python -m hpcadapt.worker --warm` imports the training stack first and then reads
+"PORT SPEC_PATH" from stdin (the rendezvous port and the spec): the local launcher
+starts one ahead of time, so the next stage does not wait 4-8 s for torch,
+transformers and TRL to import.
+
 Every rank of a stage runs this, locally (hpcadapt/launch/local.py starts N of them) or
 as Slurm tasks (hpcadapt/launch/slurm_job.py), with the torch distributed environment
 (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) already set. The
@@ -69,13 +74,33 @@ def run_stage(spec_path: str | Path) -> None:
         print(f"hpcadapt: stage {spec['name']} complete: {final}", flush=True)
 
 
+def warm_up() -> None:
+    """Import what every training stage needs (not DeepSpeed: `training.setup` chooses its
+    accelerator before the first import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (every training stage plots its loss)
+    import torch  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401  (transformers, datasets and the Trainer with it)
+
+    from hpcadapt import datamix, training  # noqa: F401
+
+
 def main() -> None:
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m hpcadapt.worker SPEC.json")
+        sys.exit("usage: python -m hpcadapt.worker SPEC.json | --warm (then 'PORT SPEC_PATH' on stdin)")
     from hpcadapt.errors import HpcadaptError
 
+    spec_path = sys.argv[1]
+    if spec_path == "--warm":
+        warm_up()
+        port, _, spec_path = sys.stdin.readline().strip().partition(" ")
+        if not spec_path:  # the launcher did not need this worker after all
+            return
+        os.environ["MASTER_PORT"] = port
     try:
-        run_stage(sys.argv[1])
+        run_stage(spec_path)
     except HpcadaptError as e:
         print(f"\nhpcadapt: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

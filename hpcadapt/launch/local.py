@@ -57,8 +57,49 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
 
 
-def run_stage_local(stage: StagePlan, nprocs: int | None = None) -> None:
-    """Start the stage's ranks, wait, and raise StageFailed with the log tail if any fails."""
+class WarmWorker:
+    """A single-process worker started ahead of its stage (`python -m hpcadapt.worker --warm`).
+
+    It imports the training stack, then waits on stdin for a spec. The pipeline keeps one
+    warming while the current stage runs, so the import overlaps training instead of
+    preceding the next stage. Each stage still gets a fresh process: nothing leaks.
+    Multi-process stages are started cold, with a rendezvous port chosen when they start.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcadapt.worker", "--warm"],
+            env=rank_env(0, 1, port=0),  # the real port comes with the spec
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def assign(self, spec_path: Path, port: int) -> subprocess.Popen | None:
+        """Hand over the stage and its rendezvous port, chosen now rather than when the
+        worker started (a port free then may be taken since). None if this worker died
+        while warming: the caller starts one cold instead."""
+        if self.proc.poll() is not None:
+            return None
+        try:
+            self.proc.stdin.write(f"{port} {spec_path}\n".encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            return None
+        return self.proc
+
+    def discard(self) -> None:
+        """Not needed after all: it has run nothing, so it is simply ended."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def run_stage_local(stage: StagePlan, nprocs: int | None = None, warm: WarmWorker | None = None) -> None:
+    """Start the stage's ranks, wait, and raise StageFailed with the log tail if any fails.
+
+    A single-process stage runs in `warm`, when given, instead of a new process."""
     world = nprocs or stage.nprocs
     log_dir = stage.spec_path.parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +107,8 @@ def run_stage_local(stage: StagePlan, nprocs: int | None = None) -> None:
     procs, threads = [], []
     for rank in range(world):
         log_path = log_dir / f"rank{rank}.log"
-        proc = subprocess.Popen(
+        proc = warm.assign(stage.spec_path, port) if warm is not None and world == 1 else None
+        proc = proc or subprocess.Popen(
             [sys.executable, "-m", "hpcadapt.worker", str(stage.spec_path)],
             env=rank_env(rank, world, port),
             stdout=subprocess.PIPE,

@@ -117,8 +117,11 @@ def test_parents_with_different_tokenizers_are_refused(untrained_dir, bench_file
     assert not (tmp_path / "report").exists()
 
 
-def test_wandb_logging_offline(with_merged, tmp_path):
+def test_wandb_logging_offline(with_merged, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
+    # wandb.init exports its service's address; unset it again after the test so later
+    # subprocesses (and Slurm jobs, which inherit the environment) do not see it.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     report = synergy_report(with_merged, "merged", ("untrained", "trained"), tmp_path / "report", n_boot=100)
     run = wandb.init(mode="offline", dir=str(tmp_path), project="hpcadapt-test", group="pipeline-1", job_type="eval")
     try:
@@ -127,6 +130,7 @@ def test_wandb_logging_offline(with_merged, tmp_path):
         assert run.summary["synergy/generate_acc/all/vs_best"] == pytest.approx(report.overall().vs_best.estimate)
     finally:
         run.finish()
+        wandb.teardown()
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
