@@ -170,3 +170,26 @@ def test_stage_folders_depend_on_data_content_not_location(tmp_path):
     heldout.write_text(heldout.read_text().replace("alloy", "metal"))
     changed = folders(tmp_path / "b")
     assert [n for n in here if here[n] != changed[n]] == ["eval"]
+
+
+@pytest.mark.parametrize("setting", [False, True])
+def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, setting):
+    """TRL's configs default checkpointing to on: turning it off must reach the trainer
+    (else every layer is recomputed in the backward pass, ~25% of a tiny CPU step)."""
+    from trl import SFTConfig
+    from trl.experimental.orpo import ORPOConfig
+
+    from spine_helpers import write_toy_domain
+
+    from hpcadapt.plan import plan_pipeline
+    from hpcadapt.training import Env, trainer_kwargs
+
+    write_toy_domain(tmp_path)
+    cfg = compose_cfg([f"output_root={tmp_path}", f"stages.cpt.gradient_checkpointing={str(setting).lower()}",
+                       f"stages.orpo.gradient_checkpointing={str(setting).lower()}"])
+    plan = plan_pipeline(cfg)
+    env = Env(rank=0, local_rank=0, world_size=1, cuda=False, bf16=False)
+    for name, config_class in (("cpt", SFTConfig), ("orpo", ORPOConfig)):
+        args = config_class(**trainer_kwargs(plan.stage(name).spec, env))
+        assert args.activation_checkpointing is setting, name
+        assert args.gradient_checkpointing is setting, name
