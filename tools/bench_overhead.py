@@ -35,7 +35,8 @@ BARE_SCRIPT = textwrap.dedent('''
     args = SFTConfig(output_dir=out + "/checkpoints", learning_rate=2e-3, lr_scheduler_type="cosine",
                      warmup_steps=0.1, max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=1,
                      logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=42,
-                     dataset_text_field="text", packing=True, max_length=128)
+                     dataset_text_field="text", packing=True, max_length=128,
+                     gradient_checkpointing=False)  # as tiny_demo's cpt stage (TRL defaults it on)
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
