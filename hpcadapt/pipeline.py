@@ -43,9 +43,11 @@ def run_local(cfg: Any) -> PipelinePlan:
             print(f"\n[stage {i}/{total}] {stage.name} ({stage.kind}) on {stage.nprocs} process(es) "
                   f"-> {stage.stage_dir}", flush=True)
             t0 = time.time()
-            current, warm = (warm, None) if stage.nprocs == 1 else (None, warm)
-            if stage.nprocs == 1 and warm is None and any(s.nprocs == 1 and not s.done for s in plan.stages[i:]):
-                warm = WarmWorker()  # the next stage's, importing while this one runs on one core
+            current = None  # multi-process stages start cold; a warm worker waits for the next single one
+            if stage.nprocs == 1:
+                current, warm = warm, None
+                if any(s.nprocs == 1 and not s.done for s in plan.stages[i:]):
+                    warm = WarmWorker()  # the next stage's, importing while this one runs on one core
             run_stage_local(stage, warm=current)
             if not is_complete(stage.stage_dir):
                 raise StageFailed(f"stage {stage.name!r} exited cleanly but {stage.stage_dir} is not complete")

@@ -193,3 +193,28 @@ def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, setting):
         args = config_class(**trainer_kwargs(plan.stage(name).spec, env))
         assert args.activation_checkpointing is setting, name
         assert args.gradient_checkpointing is setting, name
+
+
+
+SINGLE_PROCESS_SETUP = """
+import os
+from transformers import TrainingArguments
+from hpcadapt.training import setup
+env = setup({"model_loading": {"dtype": "float32"}, "deepspeed": {"enabled": False}})
+args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
+print(env.rank, env.world_size, "LOCAL_RANK" in os.environ, args.distributed_state.distributed_type.name,
+      args.parallel_mode.name)
+"""
+
+
+def test_single_process_stage_trains_without_a_process_group(tmp_path):
+    """Our launchers set LOCAL_RANK even for one process; accelerate then starts gloo and
+    wraps the model in DistributedDataParallel (13-20% slower on the tiny CPU model).
+    setup() drops the rank variables for one process, so the Trainer runs undistributed.
+    In a subprocess: accelerate's state is a process-wide singleton."""
+    from hpcadapt.launch.local import free_port, rank_env
+
+    out = subprocess.run([sys.executable, "-c", SINGLE_PROCESS_SETUP], env=rank_env(0, 1, port=free_port()),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-5:] == ["0", "1", "False", "NO", "NOT_PARALLEL"]

@@ -1,5 +1,7 @@
 """W&B run identity: one run per stage folder, resumable, never shared between pipelines."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +37,9 @@ run.finish()
 def test_stage_opens_its_own_wandb_service_despite_an_inherited_address(tmp_path):
     """sbatch exports the submitting shell's environment; a WANDB_SERVICE address there
     belongs to a process that may be gone (here: never existed). The stage must not use it."""
-    import json
-
     stale = "3-999999-unix-/nonexistent/wandb-core.sock"
     stage_dir = tmp_path / "out/stages/cpt-abab"
-    env = {**__import__("os").environ, "WANDB_SERVICE": stale, "RANK": "0"}
+    env = {**os.environ, "WANDB_SERVICE": stale, "RANK": "0"}
     out = subprocess.run([sys.executable, "-c", OPEN_RUN, json.dumps(spec_for(stage_dir)), stale],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
