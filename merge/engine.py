@@ -12,6 +12,7 @@ folder is renamed to its final name only once complete.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -162,24 +163,31 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
             kernels.use_torch()  # imported once here, before any fork: workers inherit it
             if workers == 1:
                 torch_threads = kernels.single_threaded()
-        if workers == 1:
-            try:
+        gc.freeze()  # the ~10^6 objects of torch's import out of the collector's walks, here and in forks
+        try:
+            if workers == 1:
                 for job in todo:
                     finished(job, kernels.run_job(job, out_paths))
-            finally:
+            else:
+                _run_pool(todo, out_paths, workers, finished, sampler)
+        finally:
+            gc.unfreeze()
+            if workers == 1:
                 kernels.close_files()
-                if torch_threads is not None:
-                    kernels.restore_threads(torch_threads)
-        else:
-            import multiprocessing
-
-            by_name = {job.name: job for job in todo}
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-                sampler.pool = pool
-                for report in pool.imap_unordered(_run_job_args, [(job, out_paths) for job in todo], chunksize=1):
-                    finished(by_name[report["name"]], report)
+            if torch_threads is not None:
+                kernels.restore_threads(torch_threads)
     bar.close()
     return sampler.peak
+
+
+def _run_pool(todo, out_paths: list[str], workers: int, finished, sampler) -> None:
+    import multiprocessing
+
+    by_name = {job.name: job for job in todo}
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+        sampler.pool = pool
+        for report in pool.imap_unordered(_run_job_args, [(job, out_paths) for job in todo], chunksize=1):
+            finished(by_name[report["name"]], report)
 
 
 def _run_job_args(args) -> dict:
