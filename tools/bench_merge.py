@@ -132,9 +132,11 @@ def warm(paths) -> float:
 
 
 def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
-    """GB/s of one writer filling a preallocated file with 256 KB pwrites into the page cache
-    (no fsync), as the merger writes its shards: the output's floor on one core."""
-    chunk = bytes(256 << 10)
+    """GB/s of one writer filling a preallocated file with pwrites of the merger's piece size
+    into the page cache (no fsync), as the merger writes its shards: the output's floor on one core."""
+    from hpcadapt_merge.kernels import WRITE_PIECE
+
+    chunk = bytes(WRITE_PIECE)
     path = folder / "write-floor.bin"
     with open(path, "wb", buffering=0) as f:
         os.posix_fallocate(f.fileno(), 0, nbytes)

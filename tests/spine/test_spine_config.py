@@ -195,7 +195,6 @@ def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, setting):
         assert args.gradient_checkpointing is setting, name
 
 
-
 SINGLE_PROCESS_SETUP = """
 import os
 from transformers import TrainingArguments
