@@ -93,9 +93,13 @@ def check_models(plan: PipelinePlan, cfg: Any) -> None:
         if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
             raise ModelError(f"model folder {model_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
         if chat_stage and not cfg.model.chat_template_file and not has_chat_template_files(model_dir):
+            instruct = Path(cfg.model.instruct).expanduser()
+            if instruct.is_dir() and has_chat_template_files(instruct):
+                continue  # chat stages borrow the Instruct model's template (preflight.ensure_chat_template)
             raise ModelError(
-                f"model folder {model_dir} has no chat template, but stage {chat_stage!r} formats conversations. "
-                f"hpcadapt never substitutes a generic template: set model.chat_template_file to a Jinja file."
+                f"model folder {model_dir} has no chat template, nor has the Instruct model {cfg.model.instruct}, but "
+                f"stage {chat_stage!r} formats conversations. hpcadapt never substitutes a generic template: set "
+                f"model.chat_template_file to a Jinja file."
             )
 
 

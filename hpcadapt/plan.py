@@ -26,9 +26,10 @@ from omegaconf import OmegaConf
 from hpcadapt.config import TRAINING_KINDS, ConfigError, world_size
 from hpcadapt.datamix import check_source, is_local
 from hpcadapt.errors import ModelError
+from hpcadapt.preflight import CHAT_KINDS
 from hpcadapt.stagedir import is_complete, read_manifest, staging_dir_for, write_json_atomic
 
-PLAN_VERSION = 2  # bump when the meaning of a stage's settings or inputs changes
+PLAN_VERSION = 3  # bump when the meaning of a stage's settings or inputs changes
 # Settings that change how a stage runs or reports, not what it produces.
 NON_SEMANTIC = ("logging_steps", "save_steps", "keep_checkpoints")
 
@@ -123,6 +124,11 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
             path, ident, deps = resolve_model(input_ref, f"stage {name!r}")
             inputs["model"] = ident
             extra["input_model"] = path
+        instruct = cfg.model.instruct
+        if stage_cfg.kind in CHAT_KINDS and (not instruct.startswith("@") or instruct[1:] in plans):
+            # A Base model without a chat template borrows the Instruct model's (preflight).
+            extra["instruct_model"], inputs["instruct_model"], more = resolve_model(instruct, f"stage {name!r}")
+            deps += [d for d in more if d not in deps]
         add_stage(name, stage_cfg.kind, inputs, settings, deps, nprocs if stage_cfg.kind in TRAINING_KINDS else 1, extra)
 
     # 1. Stages that build models the chain refers to (`@name`): each feeds the next.

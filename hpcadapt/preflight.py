@@ -10,6 +10,7 @@ stopped with a clear error (template, double bos).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from hpcadapt.errors import ModelError
 CHAT_KINDS = ("sft", "dpo", "orpo", "kto", "simpo")
 # Reserved tokens that some model families ship for padding; used before adding one.
 KNOWN_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|padding|>")
+# Unused special tokens that families reserve for later use: Mistral v3's 750 `[control_N]`,
+# Llama 3's `<|reserved_special_token_N|>`.
+RESERVED_FILLER = re.compile(r"^(\[control_\d+\]|<\|reserved_special_token_\d+\|>)$")
 
 
 def has_chat_template_files(model_dir: Path) -> bool:
@@ -29,12 +33,29 @@ def has_chat_template_files(model_dir: Path) -> bool:
 
 
 def ensure_chat_template(tokenizer, kind: str, spec: dict[str, Any], model_path: str) -> list[str]:
+    """A chat stage needs the model's chat template; a Base model borrows its Instruct sibling's.
+
+    Order: the model's own template; `model.chat_template_file`; the template of the
+    family's Instruct model (`model.instruct`: a Base model fine-tuned in the paper's
+    Base-CPT-SFT strategies speaks the format it is later merged with). Never a generic one.
+    """
     if kind not in CHAT_KINDS or tokenizer.chat_template:
         return []
-    template_file = spec["model_loading"].get("chat_template_file")
+    loading = spec["model_loading"]
+    template_file = loading.get("chat_template_file")
     if template_file:
         tokenizer.chat_template = Path(template_file).read_text()
-        return [f"installed the chat template from {template_file}"]
+        return [_notice(f"installed the chat template from {template_file}")]
+    instruct = spec.get("instruct_model")
+    if instruct and instruct != model_path:
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(
+            instruct, revision=loading.get("revision"), trust_remote_code=loading["trust_remote_code"]
+        ).chat_template
+        if template:
+            tokenizer.chat_template = template
+            return [_notice(f"{model_path} has no chat template; using the one of the Instruct model {instruct}")]
     raise ModelError(
         f"the tokenizer of {model_path} has no chat template, and the {kind} stage formats conversations with "
         f"one. hpcadapt never substitutes a generic template; set model.chat_template_file to a Jinja file "
@@ -43,25 +64,49 @@ def ensure_chat_template(tokenizer, kind: str, spec: dict[str, Any], model_path:
 
 
 def ensure_pad_token(tokenizer, model) -> list[str]:
-    """Give the tokenizer a pad token distinct from eos, reusing a reserved one if it exists."""
+    """Give the tokenizer a pad token distinct from eos, without growing the vocabulary if possible.
+
+    A pad equal to eos lets collators mask the eos labels, so the model never learns to
+    stop. A new token would grow the embeddings, and every later stage and the merge
+    with the unchanged Instruct model would then see two vocabulary sizes. So a token
+    the family already reserves is used: a dedicated pad (Llama 3's
+    `<|finetune_right_pad_id|>`), else its highest unused filler (`[control_N]` in
+    Mistral v3, `<|reserved_special_token_N|>`). Only a vocabulary without either grows.
+    """
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return []
-    vocab = tokenizer.get_vocab()
     old = tokenizer.pad_token
-    for candidate in KNOWN_PAD_TOKENS:
-        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
-            tokenizer.pad_token = candidate
-            note = f"pad token was {old!r} (same as eos or missing); using the reserved token {candidate!r}"
-            break
+    candidate = reserved_pad_token(tokenizer)
+    if candidate is not None:
+        tokenizer.pad_token = candidate
+        note = f"pad token was {old!r} (same as eos or missing); using the reserved token {candidate!r}"
     else:
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        note = f"pad token was {old!r} (same as eos or missing); added '<|pad|>' and resized the embeddings"
+        note = (f"pad token was {old!r} (same as eos or missing) and the vocabulary reserves none; added '<|pad|>' "
+                f"and grew the embeddings to {len(tokenizer)} rows (the merge takes the added row from this model)")
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    print(f"hpcadapt: {note}", flush=True)
-    return [note]
+    return [_notice(note)]
+
+
+def reserved_pad_token(tokenizer) -> str | None:
+    """A token of the vocabulary that can pad without ever being generated or trained."""
+    vocab = tokenizer.get_vocab()
+    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    for candidate in KNOWN_PAD_TOKENS:
+        if candidate in vocab and vocab[candidate] not in taken:
+            return candidate
+    fillers = [(i, tok.content) for i, tok in tokenizer.added_tokens_decoder.items()
+               if RESERVED_FILLER.match(tok.content) and i not in taken]
+    return max(fillers)[1] if fillers else None
+
+
+def _notice(text: str) -> str:
+    """Print a decision the user should see, and return it for the stage manifest."""
+    print(f"hpcadapt: {text}", flush=True)
+    return text
 
 
 def check_no_double_bos(token_ids: list[int], tokenizer, what: str) -> None:

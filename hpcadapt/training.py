@@ -198,6 +198,20 @@ def load_reference_model(spec: dict[str, Any], env: Env, tokenizer):
     return ref
 
 
+def count_tokens(dataset) -> dict[str, int]:
+    """Rows, tokens and (where labels exist) tokens under the loss, read column-wise from Arrow."""
+    import pyarrow.compute as pc
+
+    counts = {"rows": 0, "tokens": 0}
+    for batch in dataset.with_format("arrow").iter(batch_size=10_000):
+        counts["rows"] += batch.num_rows
+        counts["tokens"] += pc.sum(pc.list_value_length(batch["input_ids"])).as_py() or 0
+        if "labels" in batch.column_names:
+            labels = pc.list_flatten(batch["labels"])
+            counts["loss_tokens"] = counts.get("loss_tokens", 0) + (pc.sum(pc.not_equal(labels, -100).cast("int64")).as_py() or 0)
+    return counts
+
+
 def length_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     """ORPO/CPO take the completion's budget rather than the prompt's."""
     out: dict[str, Any] = {"max_length": settings["max_length"]}
@@ -283,7 +297,7 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
         gen = getattr(model, "generation_config", None)
         if gen is not None:
             gen.pad_token_id = tokenizer.pad_token_id
-            gen.eos_token_id = tokenizer.eos_token_id
+            gen.eos_token_id = stop_token_ids(gen, tokenizer)
             gen.save_pretrained(str(out))
         verify_saved(out, expected_parameters(trainer.model), spec)
         write_history(trainer.state.log_history, out, spec["name"])
@@ -299,6 +313,21 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
         "world_size": env.world_size,
         "notes": notes,
     }
+
+
+def stop_token_ids(generation_config, tokenizer) -> int | list[int]:
+    """Every token generation must stop on: the model's own list (Llama 3.1 Instruct stops on
+    `<|end_of_text|>`, `<|eom_id|>` and `<|eot_id|>`), the tokenizer's eos, and the end of
+    turn of the chat template the model was trained with (a Base model tuned with its
+    Instruct sibling's template ends replies with `<|eot_id|>`)."""
+    from hpcadapt.conversation import turn_terminator
+
+    known = generation_config.eos_token_id
+    ids = list(known) if isinstance(known, (list, tuple)) else [known] if known is not None else []
+    for extra in (tokenizer.eos_token_id, turn_terminator(tokenizer) if tokenizer.chat_template else None):
+        if extra is not None and extra not in ids:
+            ids.append(extra)
+    return ids[0] if len(ids) == 1 else ids
 
 
 def record_partition(model, spec: dict[str, Any], env: Env) -> None:
