@@ -17,13 +17,19 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24,<26" "setuptools>=69" wheel
 
+# The real tokenizers of the paper's families (for scale=rehearsal) ship in these two packages;
+# only their data files are read, so they go in without their dependencies (see pyproject.toml).
+TOKENIZER_PACKAGES := mistral-common==1.13.1 llama-models==0.3.0
+
 install: $(PY)
 	$(PIP) install -q -c requirements/cpu-constraints.txt torch==2.13.0
-	$(PIP) install -q -c requirements/cpu-constraints.txt -e .
+	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[rehearsal]"
+	$(PIP) install -q --no-deps -c requirements/cpu-constraints.txt $(TOKENIZER_PACKAGES)
 
 install-test: $(PY)
 	$(PIP) install -q -c requirements/cpu-constraints.txt torch==2.13.0
 	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[test]"
+	$(PIP) install -q --no-deps -c requirements/cpu-constraints.txt $(TOKENIZER_PACKAGES)
 
 demo: install
 	$(OFFLINE_ENV) $(PY) -m hpcadapt

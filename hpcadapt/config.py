@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from hpcadapt.attention import CHOICES as ATTENTION_CHOICES
 from hpcadapt.errors import HpcadaptError
 
 TRAINING_KINDS = ("cpt", "sft", "dpo", "orpo", "kto", "simpo")
@@ -35,11 +36,17 @@ class ModelConfig:
     """
 
     name: str = MISSING
+    # The tokenizer and architecture family, for `scale=rehearsal` stand-ins:
+    # mistral_v03 | llama31 | smollm (hpcadapt/rehearsal/standins.py); None for the demo.
+    family: Optional[str] = None
     base: str = MISSING
     instruct: str = MISSING
-    revision: Optional[str] = None
+    # Commits of hub models (a sha, or a branch resolved to its sha at planning; None: main).
+    base_revision: Optional[str] = None
+    instruct_revision: Optional[str] = None
     dtype: str = "bfloat16"  # bfloat16 | float16 | float32; CPU runs always use float32
-    attn_implementation: str = "sdpa"  # flash_attention_2 on clusters that have it
+    # sdpa | eager | flash_attention_2 | flash_attention_3 | auto (flash where importable, else sdpa)
+    attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     # A Jinja file to install as the chat template when the tokenizer has none. Never
     # guessed: chat stages fail without a template unless this is set.
@@ -83,6 +90,21 @@ class StageConfig:
 
 
 @dataclass
+class HubDataset:
+    """Where a local data file comes from: what `python -m hpcadapt.data fetch` downloads,
+    and how its columns become the fields a stage reads."""
+
+    id: str = MISSING
+    subset: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None  # a commit sha, or a branch that fetch resolves and records
+    fields: Dict[str, str] = field(default_factory=dict)  # stage field -> dataset column, when they differ
+    # `implicit_prompt`: `chosen`/`rejected` are whole conversations sharing their prompt
+    # (orpo-dpo-mix-40k); fetch splits off the prompt as TRL's explicit format has it.
+    convert: Optional[str] = None
+
+
+@dataclass
 class DataSource:
     """One dataset in a mix.
 
@@ -95,6 +117,8 @@ class DataSource:
     weight: float = 1.0
     split: str = "train"
     subset: Optional[str] = None  # hub config name
+    revision: Optional[str] = None  # for a hub id: commit sha (a branch is pinned to its sha at planning)
+    hub: Optional[HubDataset] = None  # for a local file: its origin, for `hpcadapt.data fetch`
 
 
 @dataclass
@@ -130,6 +154,20 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class OneTaskResources:
+    """What a one-task stage (merge, eval) asks Slurm for. It never inherits the training
+    jobs' `mem_gb` or `additional_parameters` (e.g. `exclusive`): a merge needs no node of
+    8 GPUs. None for partition/account/qos means the cluster's."""
+
+    gpus: int = 0
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    timeout_min: int = 240
+    partition: Optional[str] = None
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ClusterConfig:
     """Where stages run. `local`: `nprocs` processes on this machine. `slurm`: one job per stage."""
 
@@ -146,7 +184,12 @@ class ClusterConfig:
     mem_gb: Optional[int] = None
     timeout_min: int = 1440
     setup: List[str] = field(default_factory=list)
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    # The interpreter jobs run. None: `python3` as the setup lines leave it on PATH when
+    # there are setup lines (they activate the job's environment), else this interpreter.
+    python: Optional[str] = None
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # training jobs only
+    merge: OneTaskResources = field(default_factory=OneTaskResources)
+    eval: OneTaskResources = field(default_factory=OneTaskResources)
     array_parallelism: int = 8
     max_num_timeout: int = 3
     log_root: Optional[str] = None  # default: ${output_root}/slurm
@@ -199,6 +242,28 @@ class EvalConfig:
 
 
 @dataclass
+class ScaleConfig:
+    """How large a run is. `full`: the experiment as written. `rehearsal`: the same experiment
+    (stage kinds and order, settings, DeepSpeed, packing, data-mix structure and weights,
+    merge schedule, evaluation) on locally built stand-ins of the model family with its
+    real tokenizer, and on small local stand-ins of the data, with sizes and step counts
+    capped, so the real path runs end to end on a CPU in minutes (hpcadapt/rehearsal/).
+
+    The caps apply to every training stage before its folder is hashed; None keeps the
+    experiment's value. `max_prompt_length` shrinks in proportion to `max_length`.
+    """
+
+    name: str = "full"
+    standins: bool = False  # build and use stand-ins of model.family and of the data under data_root
+    max_steps: Optional[int] = None
+    max_length: Optional[int] = None
+    global_batch_size: Optional[int] = None
+    per_device_train_batch_size: Optional[int] = None
+    standin_layers: int = 4
+    standin_hidden_size: int = 64
+
+
+@dataclass
 class WandbConfig:
     """W&B logging. `mode` None means online when WANDB_API_KEY is set, offline otherwise."""
 
@@ -220,7 +285,9 @@ class Config:
     merge: MergeConfig = field(default_factory=MergeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     output_root: str = "outputs"
+    data_root: str = "data"  # where local copies of datasets live (conf/config.yaml: $HPCADAPT_DATA)
     dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
     status: bool = False  # show each stage's state instead of running
 
@@ -290,6 +357,9 @@ def validate(cfg: Any) -> None:
                 f"cluster.tasks_per_node ({cl.tasks_per_node}) must equal cluster.gpus_per_node "
                 f"({cl.gpus_per_node}): DeepSpeed runs one task per GPU"
             )
+    if cfg.model.attn_implementation not in ATTENTION_CHOICES:
+        raise ConfigError(f"model.attn_implementation is {cfg.model.attn_implementation!r}; expected one of "
+                          f"{', '.join(ATTENTION_CHOICES)}")
     if cfg.wandb.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
     if cfg.merge.method not in ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"):

@@ -160,7 +160,7 @@ def _load_source(src: dict):
         return datasets.load_dataset("json", data_files=str(p), split="train")
     if p.suffix == ".parquet":
         return datasets.load_dataset("parquet", data_files=str(p), split="train")
-    return datasets.load_dataset(path, src.get("subset"), split=src.get("split", "train"))
+    return datasets.load_dataset(path, src.get("subset"), split=src.get("split", "train"), revision=src.get("revision"))
 
 
 def _apply_weight(ds, weight: float, seed: int):

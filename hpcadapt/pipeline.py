@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcadapt.config import world_size
+from hpcadapt import attention
+from hpcadapt.config import TRAINING_KINDS, world_size
 from hpcadapt.errors import HpcadaptError, ModelError, StageFailed
 from hpcadapt.plan import PipelinePlan, plan_pipeline, write_specs
 from hpcadapt.preflight import CHAT_KINDS, has_chat_template_files
@@ -31,6 +32,7 @@ def run_local(cfg: Any) -> PipelinePlan:
         prepare_data(cfg)
         plan = plan_pipeline(cfg)
         check_models(plan, cfg)
+        check_environment(plan, cfg)
         print_plan(plan)
         if cfg.dry_run:
             return plan
@@ -73,7 +75,12 @@ def check_writable(root: Path) -> None:
 
 
 def prepare_data(cfg: Any) -> None:
-    """Write generated datasets (the demo's fictional domain) before planning hashes them."""
+    """Write generated inputs before planning hashes them: the demo's fictional domain, or a
+    rehearsal's stand-ins of the model family and of every dataset (hpcadapt/rehearsal/)."""
+    if cfg.scale.standins:
+        from hpcadapt.rehearsal.prepare import prepare_rehearsal
+
+        prepare_rehearsal(cfg)
     if cfg.data.generate == "tiny_domain":
         from hpcadapt.demo.domain import generate_domain
 
@@ -101,6 +108,17 @@ def check_models(plan: PipelinePlan, cfg: Any) -> None:
                 f"stage {chat_stage!r} formats conversations. hpcadapt never substitutes a generic template: set "
                 f"model.chat_template_file to a Jinja file."
             )
+
+
+def check_environment(plan: PipelinePlan, cfg: Any) -> None:
+    """The interpreter that will run the stages can import what they need (flash-attention above all)."""
+    trains = any(s.kind in TRAINING_KINDS and not s.done for s in plan.stages)
+    if cfg.cluster.kind == "slurm":
+        from hpcadapt.launch.job_env import check_job_environment
+
+        check_job_environment(cfg.cluster, cfg.model.attn_implementation, trains)
+    elif trains:
+        attention.check_importable_here(cfg.model.attn_implementation)
 
 
 def print_plan(plan: PipelinePlan) -> None:

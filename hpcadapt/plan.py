@@ -6,7 +6,7 @@ model's own stage hash) and the content of its data (not where the files lie). R
 skips finished stages, changing one stage's settings re-runs it and everything
 downstream, and two experiments that share a prefix share its stages.
 
-How a stage runs (cluster, DeepSpeed stage, process count) is deliberately not part of
+How a stage runs (cluster, DeepSpeed stage, process count, attention kernel) is deliberately not part of
 the hash: a CPT stage finished locally is not redone on Slurm. Runs with a fixed global
 batch are the same optimisation at any world size, up to floating-point order.
 
@@ -23,9 +23,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from hpcadapt import hub
 from hpcadapt.config import TRAINING_KINDS, ConfigError, world_size
 from hpcadapt.datamix import check_source, is_local
-from hpcadapt.errors import ModelError
+from hpcadapt.errors import DataError, ModelError
 from hpcadapt.preflight import CHAT_KINDS
 from hpcadapt.stagedir import is_complete, read_manifest, staging_dir_for, write_json_atomic
 
@@ -67,6 +68,8 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
     identities: dict[str, str] = {}  # stage name -> hash
     nprocs = world_size(cfg)
 
+    revisions: dict[str, str] = {}  # hub model id -> pinned commit, shared by every stage's spec
+
     def resolve_model(ref: str, who: str) -> tuple[str, str, list[str]]:
         """(path or hub id, identity, stages it depends on) for a model reference."""
         if ref.startswith("@"):
@@ -74,14 +77,19 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
             if name not in plans:
                 raise ModelError(f"{who} refers to {ref}, but no earlier stage is called {name!r}")
             return str(plans[name].stage_dir), identities[name], [name]
-        return ref, model_identity(ref, cfg.model.revision), []
+        if hub.is_hub_id(ref):
+            key = "model.base_revision" if ref == cfg.model.base else "model.instruct_revision"
+            if ref not in revisions:
+                revisions[ref] = hub.pin(ref, "model", OmegaConf.select(cfg, key), key)
+            return ref, f"hub:{ref}@{revisions[ref]}", []
+        return ref, model_identity(ref), []
 
     def add_stage(name: str, kind: str, inputs: dict[str, Any], settings: dict[str, Any], deps: list[str],
                   procs: int, extra_spec: dict[str, Any]) -> StagePlan:
         loading = model_loading(cfg)
         semantic = {k: v for k, v in settings.items() if k not in NON_SEMANTIC}
         digest = stable_hash({"v": PLAN_VERSION, "kind": kind, "settings": semantic, "inputs": inputs,
-                              "loading": {k: loading[k] for k in ("dtype", "attn_implementation")}})
+                              "loading": {"dtype": loading["dtype"]}})
         stage_dir = stages_root / f"{name}-{digest[:12]}"
         spec = {
             "name": name,
@@ -94,6 +102,7 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
             "settings": settings,
             "wandb": wandb_settings(cfg),
             "model_loading": loading,
+            "revisions": revisions,
             **extra_spec,
         }
         plan = StagePlan(
@@ -112,11 +121,10 @@ def plan_pipeline(cfg: Any) -> PipelinePlan:
 
     def add_training(name: str, input_ref: str | None) -> None:
         stage_cfg = cfg.stages[name]
-        settings = to_dict(stage_cfg)
+        settings = scaled(to_dict(stage_cfg), cfg.scale) if stage_cfg.kind in TRAINING_KINDS else to_dict(stage_cfg)
         sources = mix_sources(cfg, stage_cfg.data, stage_cfg.kind) if stage_cfg.data else []
         # Content, not location: the same files under another output root are the same input.
-        inputs: dict[str, Any] = {"data": [{**{k: v for k, v in s.items() if k != "path"},
-                                            "identity": data_identity(s["path"])} for s in sources]}
+        inputs: dict[str, Any] = {"data": [source_identity(s) for s in sources]}
         deps: list[str] = []
         extra: dict[str, Any] = {"data_sources": sources, "deepspeed": to_dict(cfg.deepspeed),
                                  "keep_checkpoints": stage_cfg.keep_checkpoints}
@@ -198,13 +206,33 @@ def check_batch_arithmetic(stages: list[StagePlan], cfg: Any, nprocs: int) -> No
     for stage in stages:
         if stage.kind not in TRAINING_KINDS:
             continue
-        s = cfg.stages[stage.name]
-        if s.global_batch_size % (s.per_device_train_batch_size * nprocs):
+        s = stage.spec["settings"]
+        if s["global_batch_size"] % (s["per_device_train_batch_size"] * nprocs):
             raise ConfigError(
-                f"stages.{stage.name}.global_batch_size ({s.global_batch_size}) is not a multiple of "
-                f"per_device_train_batch_size ({s.per_device_train_batch_size}) x world size ({nprocs} processes): "
-                f"gradient accumulation must be a whole number"
+                f"stages.{stage.name}.global_batch_size ({s['global_batch_size']}) is not a multiple of "
+                f"per_device_train_batch_size ({s['per_device_train_batch_size']}) x world size ({nprocs} "
+                f"processes): gradient accumulation must be a whole number"
             )
+
+
+def scaled(settings: dict[str, Any], scale: Any) -> dict[str, Any]:
+    """A training stage's settings under `scale`'s caps (a rehearsal), else unchanged.
+
+    Only sizes and step counts change: a prompt budget shrinks with the sequence length,
+    and warmup stays a quarter of the steps at most.
+    """
+    out = dict(settings)
+    if scale.max_steps is not None:
+        out["max_steps"] = scale.max_steps if out["max_steps"] <= 0 else min(out["max_steps"], scale.max_steps)
+        out["warmup_steps"] = min(out["warmup_steps"], max(1, scale.max_steps // 4)) if out["warmup_steps"] else 0
+    if scale.max_length is not None and scale.max_length < out["max_length"]:
+        if out.get("max_prompt_length"):
+            out["max_prompt_length"] = out["max_prompt_length"] * scale.max_length // out["max_length"]
+        out["max_length"] = scale.max_length
+    for key in ("global_batch_size", "per_device_train_batch_size"):
+        if getattr(scale, key) is not None:
+            out[key] = min(out[key], getattr(scale, key))
+    return out
 
 
 def write_specs(plan: PipelinePlan) -> None:
@@ -235,16 +263,34 @@ def stable_hash(obj: Any) -> str:
 
 
 def mix_sources(cfg: Any, mix_name: str, kind: str) -> list[dict[str, Any]]:
-    """The mix's sources with absolute paths, each checked against the stage's needs."""
+    """The mix's sources with absolute paths and pinned hub revisions, each checked against the stage's needs."""
     sources = []
     for i, src in enumerate(cfg.data.mixes[mix_name].sources):
+        key = f"data.mixes.{mix_name}.sources[{i}]"
         src = to_dict(src)
         if is_local(src["path"]):
             src["path"] = str(Path(src["path"]).expanduser().resolve())
-        src["rows"] = check_source(src["path"], kind, f"data.mixes.{mix_name}.sources[{i}]")
+            if src.get("hub") and not Path(src["path"]).exists():
+                origin = src["hub"]
+                raise DataError(
+                    f"{key}: data file {src['path']} does not exist. It comes from the hub dataset {origin['id']} "
+                    f"(split {origin['split']}): fetch it with `python -m hpcadapt.data fetch <the same overrides>` "
+                    f"on a machine with network, or set data_root (HPCADAPT_DATA) to where your copy lies."
+                )
+        else:
+            src["revision"] = hub.pin(src["path"], "dataset", src.get("revision"), f"{key}.revision")
+        src["rows"] = check_source(src["path"], kind, key)
         src["seed"] = cfg.data.mixes[mix_name].seed
         sources.append(src)
     return sources
+
+
+def source_identity(src: dict[str, Any]) -> dict[str, Any]:
+    """What of a source decides a stage's result: its content (or pinned hub commit) and how it is
+    drawn, not where the file lies or where it was fetched from."""
+    ident = {k: v for k, v in src.items() if k not in ("path", "hub", "revision")}
+    ident["identity"] = f"hub:{src['path']}@{src['revision']}" if src.get("revision") else data_identity(src["path"])
+    return ident
 
 
 def data_identity(path: str) -> str:
@@ -273,18 +319,16 @@ def file_sha256(p: Path) -> str:
     return _sha_cache[key]
 
 
-def model_identity(ref: str, revision: str | None) -> str:
-    """Identify a model without reading its weights.
+def model_identity(ref: str) -> str:
+    """Identify a local model folder without reading its weights.
 
-    A finished hpcadapt stage is identified by its hash. Another local folder by its
-    config and the names, sizes and modification times of its weight files (hashing
-    15 GB on every plan would be too slow). A hub id by the id and revision.
+    A finished hpcadapt stage is identified by its hash. Another folder by its config and
+    the names, sizes and modification times of its weight files (hashing 15 GB on every
+    plan would be too slow). Hub ids are pinned to a commit by `hub.pin` instead.
     """
     p = Path(ref).expanduser()
     if not p.exists():
-        if ref.startswith((".", "/", "~")):
-            raise ModelError(f"model folder {ref} does not exist")
-        return f"hub:{ref}@{revision or 'main'}"
+        raise ModelError(f"model folder {ref} does not exist (nor is it a hub id like org/name)")
     if not p.is_dir():
         raise ModelError(f"model path {ref} is a file; expected a Hugging Face model folder")
     if is_complete(p):
@@ -310,5 +354,5 @@ def wandb_settings(cfg: Any) -> dict[str, Any]:
 def model_loading(cfg: Any) -> dict[str, Any]:
     m = cfg.model
     return {"dtype": m.dtype, "attn_implementation": m.attn_implementation,
-            "trust_remote_code": m.trust_remote_code, "revision": m.revision,
+            "trust_remote_code": m.trust_remote_code,
             "chat_template_file": m.chat_template_file}

@@ -51,7 +51,7 @@ def ensure_chat_template(tokenizer, kind: str, spec: dict[str, Any], model_path:
         from transformers import AutoTokenizer
 
         template = AutoTokenizer.from_pretrained(
-            instruct, revision=loading.get("revision"), trust_remote_code=loading["trust_remote_code"]
+            instruct, revision=spec.get("revisions", {}).get(instruct), trust_remote_code=loading["trust_remote_code"]
         ).chat_template
         if template:
             tokenizer.chat_template = template

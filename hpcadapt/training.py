@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcadapt import attention
 from hpcadapt.config import ConfigError
 from hpcadapt.errors import ModelError
 from hpcadapt.stagedir import write_json_atomic
@@ -161,7 +162,7 @@ def load_tokenizer(path: str, spec: dict[str, Any]):
 
     loading = spec["model_loading"]
     return AutoTokenizer.from_pretrained(
-        path, revision=loading["revision"], trust_remote_code=loading["trust_remote_code"]
+        path, revision=spec.get("revisions", {}).get(path), trust_remote_code=loading["trust_remote_code"]
     )
 
 
@@ -172,14 +173,14 @@ def load_model(path: str, spec: dict[str, Any], env: Env):
 
     loading = spec["model_loading"]
     dtype = torch.bfloat16 if env.bf16 else torch.float32
-    attn = loading["attn_implementation"]
-    if attn == "flash_attention_2" and not env.cuda:
-        attn = "sdpa"  # flash-attention needs a GPU; sdpa computes the same thing
+    attn = attention.resolve(loading["attn_implementation"], env.cuda)
+    if attn != loading["attn_implementation"] and env.is_main:
+        print(f"hpcadapt: model.attn_implementation=auto: using {attn}", flush=True)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,
         attn_implementation=attn,
-        revision=loading["revision"],
+        revision=spec.get("revisions", {}).get(path),
         trust_remote_code=loading["trust_remote_code"],
         use_safetensors=True,
     )
@@ -311,6 +312,7 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
         "last_loss": losses[-1] if losses else None,
         "runtime_s": result.metrics.get("train_runtime"),
         "world_size": env.world_size,
+        "attention": getattr(trainer.model.config, "_attn_implementation", None),
         "notes": notes,
     }
 

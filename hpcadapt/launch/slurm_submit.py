@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shlex
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -32,6 +34,7 @@ SETUP_FAILED_EXIT = 97
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "cephfs", "wekafs",
                        "fuse.glusterfs", "glusterfs", "pvfs2", "orangefs", "panfs", "fuse.sshfs", "9p", "virtiofs"}
 PACKAGES_TO_SNAPSHOT = ("hpcadapt", "hpcadapt_merge")
+ONE_TASK_KINDS = ("merge", "eval")  # stage kinds with their own resources in the cluster config
 
 
 class SubmissionRejected(HpcadaptError):
@@ -40,7 +43,7 @@ class SubmissionRejected(HpcadaptError):
 
 def submit_pipeline(cfg: Any) -> SubmissionRecord:
     """Plan, check and submit every unfinished stage of `cfg` as a chain of Slurm jobs."""
-    from hpcadapt.pipeline import check_models, check_writable, prepare_data, print_plan
+    from hpcadapt.pipeline import check_environment, check_models, check_writable, prepare_data, print_plan
     from hpcadapt.plan import plan_pipeline, write_specs
 
     if not cfg.dry_run:
@@ -49,6 +52,7 @@ def submit_pipeline(cfg: Any) -> SubmissionRecord:
     prepare_data(cfg)
     plan = plan_pipeline(cfg)
     check_models(plan, cfg)
+    check_environment(plan, cfg)
     print_plan(plan)
     log_root = Path(cfg.cluster.log_root or Path(cfg.output_root) / "slurm").expanduser().resolve()
     warn_if_not_shared(cfg.cluster.nodes, [log_root, Path(cfg.output_root).expanduser().resolve()])
@@ -85,7 +89,7 @@ def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
                                       prior.log_out, prior.log_err, prior.depends_on_jobs))
             continue
         executor = make_executor(cluster, run_log_dir / stage.name, job_name=f"{plan.name}.{stage.name}",
-                                 nprocs=stage.nprocs, snapshot=snapshot,
+                                 nprocs=stage.nprocs, snapshot=snapshot, kind=stage.kind,
                                  dependency_job_ids=[f"<jobid:{d}>" for d in stage.depends_on] if dry_run else deps)
         job_callable = StageJob(str(stage.spec_path), stage.name, stage_module=stage_module)
         if dry_run:
@@ -113,35 +117,51 @@ def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
 
 
 def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, dependency_job_ids: list[str],
-                  snapshot: Optional[Path]):
-    """A submitit executor for one stage: all ranks for training, one task otherwise."""
+                  snapshot: Optional[Path], kind: str = "cpt"):
+    """A submitit executor for one stage: all ranks for training, one task with the kind's own
+    resources for merge and eval."""
     import submitit
 
+    one_task = getattr(cluster, kind, None) if kind in ONE_TASK_KINDS else None
     multi = nprocs > 1
-    extra = dict(cluster.additional_parameters or {})
+    extra = dict((one_task.additional_parameters if one_task is not None else cluster.additional_parameters) or {})
     if dependency_job_ids:
         extra["dependency"] = "afterok:" + ":".join(dependency_job_ids)
         extra["kill-on-invalid-dep"] = "yes"
     params: dict[str, Any] = {
         "name": job_name,
-        "timeout_min": int(cluster.timeout_min),
+        "timeout_min": int(one_task.timeout_min if one_task is not None else cluster.timeout_min),
         "nodes": int(cluster.nodes) if multi else 1,
         "tasks_per_node": int(cluster.tasks_per_node) if multi else 1,
-        "cpus_per_task": int(cluster.cpus_per_task),
+        "cpus_per_task": int(one_task.cpus_per_task if one_task is not None else cluster.cpus_per_task),
         "slurm_setup": setup_lines(list(cluster.setup or []), snapshot),
         "slurm_additional_parameters": extra,
     }
-    gpus = int(cluster.gpus_per_node or 0)
+    if one_task is not None:
+        gpus = one_task.gpus
+    else:  # one GPU per task
+        gpus = int(cluster.gpus_per_node or 0) if multi else min(1, int(cluster.gpus_per_node or 0))
     if gpus:
-        params["gpus_per_node"] = gpus if multi else 1
-    if cluster.mem_gb:
-        params["mem_gb"] = cluster.mem_gb
+        params["gpus_per_node"] = gpus
+    mem_gb = one_task.mem_gb if one_task is not None else cluster.mem_gb
+    if mem_gb:
+        params["mem_gb"] = mem_gb
     for key in ("partition", "account", "qos"):
-        if getattr(cluster, key, None):
-            params[f"slurm_{key}"] = getattr(cluster, key)
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=int(cluster.max_num_timeout))
+        value = getattr(one_task, key, None) or getattr(cluster, key, None)
+        if value:
+            params[f"slurm_{key}"] = value
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=int(cluster.max_num_timeout),
+                                     slurm_python=job_python(cluster))
     executor.update_parameters(**params)
     return executor
+
+
+def job_python(cluster: Any) -> str:
+    """The interpreter command jobs run: the configured one, else python3 as the setup lines leave
+    PATH (they activate the job's environment), else the submitting interpreter."""
+    if cluster.python:
+        return str(cluster.python)
+    return "python3" if cluster.setup else shlex.quote(sys.executable)
 
 
 def setup_lines(user_setup: list[str], snapshot: Optional[Path]) -> list[str]:

@@ -63,7 +63,8 @@ def submit_sweep(plans: list[Any], cluster: Any, log_root: Path, stage_module: s
         stages = list(distinct.values())
         deps = dependency_clauses(units, {d for _, s in todo for d in s.depends_on}, task_of_point, len(stages))
         executor = make_executor(cluster, sweep_dir / name, job_name=f"{plans[0].name}.{name}",
-                                 nprocs=stages[0].nprocs, dependency_job_ids=[], snapshot=snapshot)
+                                 nprocs=stages[0].nprocs, dependency_job_ids=[], snapshot=snapshot,
+                                 kind=stages[0].kind)
         extra = dict(executor._executor.parameters.get("additional_parameters") or {})
         if deps:
             extra["dependency"] = ",".join(deps)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcadapt import tracking
+from hpcadapt.hub import local_model
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -19,12 +20,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     e = spec["settings"]
     out = Path(spec["staging_dir"])
+    models = {label: local_model(ref, spec.get("revisions", {})) for label, ref in spec["models"].items()}
     if spec.get("synergy"):  # parents must share a tokenizer; fail before any model is loaded
         from hpcadapt.eval.model_dir import check_same_tokenizer
 
-        check_same_tokenizer({p: spec["models"][p] for p in spec["synergy"]["parents"]})
+        check_same_tokenizer({p: models[p] for p in spec["synergy"]["parents"]})
     results = evaluate_models(
-        spec["models"], spec["benchmark"], spec["heldout"], out,
+        models, spec["benchmark"], spec["heldout"], out,
         protocols=e["protocols"], batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
     )
     print("\n" + results.table_text(), flush=True)

@@ -16,11 +16,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.hub import local_model
+
 
 def merge_config(spec: dict[str, Any]) -> dict[str, Any]:
     """The mergekit-style recipe this stage hands to the merger (also recorded in the manifest)."""
     m = spec["settings"]
-    base, other = spec["base_model"], spec["other_model"]
+    base, other = (local_model(spec[key], spec.get("revisions", {})) for key in ("base_model", "other_model"))
     layers = json.loads((Path(base) / "config.json").read_text())["num_hidden_layers"]
     return {
         "merge_method": m["method"],

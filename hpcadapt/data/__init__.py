@@ -1,0 +1,1 @@
+"""Getting datasets into the local layout the stages read (`python -m hpcadapt.data fetch`)."""

@@ -1,0 +1,3 @@
+from hpcadapt.data.fetch import main
+
+main()
