@@ -7,7 +7,7 @@ import os
 import sys
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import ConfigError, MergeError
 
 
 def parse_size(text: str) -> int:
@@ -28,7 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="dry run: print per tensor the method, t, sources and output shard")
     parser.add_argument("--plot-schedule", metavar="PNG", help="draw the t schedule over depth into this PNG")
     parser.add_argument("--out-shard-size", default="5GB", help="maximum output shard size (default 5GB)")
-    parser.add_argument("--exact", action="store_true", help="accepted for compatibility: SLERP always reproduces mergekit 0.1.5's arithmetic")
+    parser.add_argument("--exact", action="store_true", help="accepted for compatibility: every method reproduces mergekit 0.1.5's arithmetic by default")
+    parser.add_argument("--precise", action="store_true",
+                        help="linear, task arithmetic, TIES, DARE: keep intermediates in float32 instead of rounding each step to the recipe's dtype as mergekit does")
+    parser.add_argument("--mergekit-sort", action="store_true",
+                        help="TIES: among equal magnitudes at the density cut keep the ones torch's sort puts first, as mergekit does "
+                             "(holds each tensor's |delta| and its sort indices: ~16 bytes per element); default: the first by position")
+    parser.add_argument("--random-seed", type=int, default=None, metavar="N",
+                        help="DARE's seed (default 0); the same N as mergekit-yaml --random-seed N gives the same masks")
+    parser.add_argument("--no-fsync", action="store_true", help="publish without waiting for the output to reach the disk")
+    parser.add_argument("--fail-on-nonfinite", action="store_true", help="a NaN or Inf in any input or output is an error; nothing is published")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -38,8 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ConfigError, CheckpointError, FileExistsError) as error:
-        print(f"hpcadapt-merge: error: {error}", file=sys.stderr)
-        return 2
+        return _error(str(error), 2)
+    except MergeError as error:
+        return _error(str(error), 1)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        return _error(f"{where}{error.strerror or error}", 1)
+    except KeyboardInterrupt:
+        kept = ""
+        if args.out:
+            out = os.path.abspath(args.out)
+            staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
+            if os.path.isdir(staging):
+                kept = f"; the finished tensors are kept in {staging}: run the same command again to resume"
+        return _error(f"interrupted{kept}", 130)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"hpcadapt-merge: error: {message}", file=sys.stderr)
+    return code
 
 
 def _run(args) -> int:
@@ -48,7 +74,7 @@ def _run(args) -> int:
 
     shard_size = parse_size(args.out_shard_size)
     if args.plan or args.plot_schedule:
-        plan = build_plan(load_config(args.config), shard_size=shard_size)
+        plan = build_plan(load_config(args.config), shard_size=shard_size, precise=args.precise, mergekit_sort=args.mergekit_sort)
         if args.plan:
             print(format_plan(plan))
         if args.plot_schedule:
@@ -65,7 +91,8 @@ def _run(args) -> int:
     from .engine import run_merge
 
     run_merge(args.config, args.out, workers=args.workers, force=args.force, progress=not args.no_progress,
-              shard_size=shard_size)
+              shard_size=shard_size, precise=args.precise, mergekit_sort=args.mergekit_sort, random_seed=args.random_seed,
+              fsync=not args.no_fsync, fail_on_nonfinite=args.fail_on_nonfinite)
     return 0
 
 

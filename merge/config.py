@@ -15,21 +15,37 @@ from typing import Any
 from .schedule import all_numbers
 
 METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
-# Parameters each method reads: (global ones, per-model ones).
+_GTA = ({"int8_mask", "normalize", "rescale", "lambda"}, {"weight", "density"})
+# Parameters each method reads, as mergekit 0.1.5 declares them: (shared ones, per-model ones).
 METHOD_PARAMETERS = {
     "slerp": ({"t"}, set()),
     "linear": ({"normalize"}, {"weight"}),
-    "task_arithmetic": ({"normalize", "lambda"}, {"weight"}),
-    "ties": ({"normalize", "lambda"}, {"weight", "density"}),
-    "dare_ties": ({"normalize", "lambda", "seed"}, {"weight", "density"}),
-    "dare_linear": ({"normalize", "lambda", "seed"}, {"weight", "density"}),
+    "task_arithmetic": _GTA,
+    "ties": _GTA,
+    "dare_ties": _GTA,
+    "dare_linear": _GTA,
 }
+# mergekit 0.1.5's defaults; `weight` has none (a recipe without it is refused, as mergekit refuses it).
+DEFAULTS = {
+    "normalize": {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False, "dare_linear": False},
+    "rescale": {"task_arithmetic": False, "ties": False, "dare_ties": True, "dare_linear": True},
+    "lambda": 1.0,
+    "int8_mask": False,
+    "density": 1.0,
+}
+BOOL_PARAMETERS = {"normalize", "rescale", "int8_mask"}
 TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name", "chat_template", "tokenizer"}
 DTYPES = {"bfloat16", "float16", "float32", "float64"}
 
 
 class ConfigError(ValueError):
     """A merge configuration that cannot be run; the message says which key and why."""
+
+
+class MergeError(RuntimeError):
+    """A merge that cannot go on (another run owns the output, a worker died, NaN with
+    fail_on_nonfinite, an output folder that would destroy an input); the message says
+    what happened and what is kept."""
 
 
 @dataclass
@@ -49,6 +65,8 @@ class MergeConfig:
     out_dtype: str | None
     tokenizer_source: Path | None
     raw: dict
+    tokenizer_union: bool = False  # tokenizer_source: union (parents whose vocabularies differ by appended tokens)
+    slice_parameters: dict[str, Any] = field(default_factory=dict)  # slices[0].parameters (between model and top level)
 
     @property
     def parents(self) -> list[Path]:
@@ -90,17 +108,23 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
         raise ConfigError(f"unknown merge_method {method!r}; this merger implements {', '.join(METHODS)}")
     if "models" in raw and "slices" in raw:
         raise ConfigError("give either 'models' or 'slices', not both")
-    models = _parse_models(raw, config_dir)
+    models, slice_parameters = _parse_models(raw, config_dir)
     base = resolve_model_path(raw["base_model"], config_dir, "base_model") if raw.get("base_model") else None
-    parameters = dict(raw.get("parameters") or {})
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"parameters must be a mapping, got {parameters!r}")
+    parameters = dict(parameters)
     global_keys, model_keys = METHOD_PARAMETERS[method]
-    bad = set(parameters) - global_keys - model_keys
-    if bad:
-        raise ConfigError(f"{method} takes no parameter(s) {', '.join(sorted(bad))} (it takes {', '.join(sorted(global_keys | model_keys))})")
-    for model in models:
-        bad = set(model.parameters) - model_keys - global_keys
+    for where, given in (("parameters", parameters), ("slices[0].parameters", slice_parameters)):
+        bad = set(given) - global_keys - model_keys
         if bad:
-            raise ConfigError(f"model {model.path}: {method} takes no per-model parameter(s) {', '.join(sorted(bad))}")
+            raise ConfigError(f"{where}: {method} takes no parameter(s) {', '.join(sorted(bad))} (it takes {', '.join(sorted(global_keys | model_keys)) or 'none'})")
+    for model in models:
+        bad = set(model.parameters) - model_keys
+        if bad:
+            shared = bad & global_keys
+            hint = f" ({', '.join(sorted(shared))} applies to the whole merge: give it under the top-level parameters)" if shared else ""
+            raise ConfigError(f"model {model.path}: {method} takes no per-model parameter(s) {', '.join(sorted(bad))}{hint}")
     for dtype_key in ("dtype", "out_dtype"):
         if raw.get(dtype_key) is not None and raw[dtype_key] not in DTYPES:
             raise ConfigError(f"{dtype_key}: {raw[dtype_key]!r} is not one of {', '.join(sorted(DTYPES))}")
@@ -111,14 +135,17 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
         parameters=parameters,
         dtype=raw.get("dtype"),
         out_dtype=raw.get("out_dtype"),
-        tokenizer_source=_tokenizer_source(raw, base, config_dir),
+        tokenizer_source=_tokenizer_source(raw, base, models, config_dir),
         raw=raw,
+        tokenizer_union=raw.get("tokenizer_source") == "union",
+        slice_parameters=slice_parameters,
     )
     _check_method_shape(config)
     return config
 
 
-def _parse_models(raw: dict, config_dir: Path | None) -> list[ModelSpec]:
+def _parse_models(raw: dict, config_dir: Path | None) -> tuple[list[ModelSpec], dict]:
+    slice_parameters: dict = {}
     if "slices" in raw:
         slices = raw["slices"]
         if not isinstance(slices, list) or len(slices) != 1:
@@ -127,6 +154,7 @@ def _parse_models(raw: dict, config_dir: Path | None) -> list[ModelSpec]:
         if not isinstance(sources, list) or not sources:
             raise ConfigError("slices[0].sources must be a non-empty list of {model, layer_range}")
         entries = sources
+        slice_parameters = dict(slices[0].get("parameters") or {})
     elif "models" in raw:
         entries = raw["models"]
         if not isinstance(entries, list) or not entries:
@@ -144,16 +172,18 @@ def _parse_models(raw: dict, config_dir: Path | None) -> list[ModelSpec]:
             if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(isinstance(x, int) for x in layer_range)):
                 raise ConfigError(f"model entry {i}: layer_range must be [start, end], got {layer_range!r}")
             layer_range = tuple(layer_range)
-        models.append(ModelSpec(resolve_model_path(entry["model"], config_dir, f"model entry {i}"), dict(entry.get("parameters") or {}), layer_range))
-    return models
+        parameters = entry.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"model entry {i}: parameters must be a mapping, got {parameters!r}")
+        models.append(ModelSpec(resolve_model_path(entry["model"], config_dir, f"model entry {i}"), dict(parameters), layer_range))
+    return models, slice_parameters
 
 
-def _tokenizer_source(raw: dict, base: Path | None, config_dir: Path | None) -> Path | None:
+def _tokenizer_source(raw: dict, base: Path | None, models: list[ModelSpec], config_dir: Path | None) -> Path | None:
+    """Where chat template, generation config and (without union) the tokenizer come from."""
     source = raw.get("tokenizer_source", "base")
-    if source in (None, "base"):
-        return base
-    if source == "union":
-        raise ConfigError("tokenizer_source: 'union' builds a new vocabulary; this merger needs parents with one tokenizer")
+    if source in (None, "base", "union"):
+        return base or (models[0].path if models else None)
     return resolve_model_path(source, config_dir, "tokenizer_source")
 
 
@@ -164,26 +194,30 @@ def _check_method_shape(config: MergeConfig) -> None:
             raise ConfigError("slerp needs base_model (the t = 0 end)")
         if config.base not in [m.path for m in config.models] or len(config.parents) != 2:
             raise ConfigError(f"slerp merges exactly two models, one of them base_model; got {', '.join(map(str, config.parents))}")
-        if "t" not in config.parameters:
+        if "t" not in config.parameters and "t" not in config.slice_parameters:
             raise ConfigError("slerp needs parameters.t (a number, a gradient list, or filter entries)")
-        for value in all_numbers(config.parameters["t"]):
+        for value in all_numbers([config.parameters.get("t", []), config.slice_parameters.get("t", [])]):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"parameters.t: {value} is outside [0, 1]")
         return
     if method != "linear" and config.base is None:
         raise ConfigError(f"{method} needs base_model (the model the task vectors are taken from)")
+    if config.base is not None and config.base not in [m.path for m in config.models]:
+        if method == "linear":
+            raise ConfigError("linear: base_model is not among the models; mergekit would add it as one more input (needing "
+                              "a weight), so list it under models with its weight, or drop base_model")
+        config.models.append(ModelSpec(config.base))  # as mergekit does: the base is an input whether listed or not
     contributors = config.models if method == "linear" else config.others()
     if not contributors:
         raise ConfigError(f"{method} needs at least one model besides the base")
+    scopes = (config.slice_parameters, config.parameters)
     for model in contributors:
-        for key in ("weight", "density"):
-            if key in METHOD_PARAMETERS[method][1] and key not in model.parameters and key not in config.parameters:
-                if key == "weight" and method != "linear":
-                    continue
-                raise ConfigError(f"model {model.path}: {method} needs parameter {key!r}")
-        for value in all_numbers(model.parameters.get("density", config.parameters.get("density", 1.0))):
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"model {model.path}: density {value} is outside (0, 1]")
+        if not any("weight" in scope for scope in (model.parameters, *scopes)):
+            raise ConfigError(f"model {model.path}: {method} needs parameter 'weight' (mergekit has no default for it either)")
+        for scope in (model.parameters, *scopes):
+            for value in all_numbers(scope.get("density", 1.0)):
+                if not 0.0 < value <= 1.0:
+                    raise ConfigError(f"model {model.path}: density {value} is outside (0, 1]")
 
 
 def resolve_model_path(value: Any, config_dir: Path | None, what: str) -> Path:

@@ -1,16 +1,23 @@
-"""Running a merge: staging, parallel workers, journal-based resume, atomic publish.
+"""Running a merge: staging, worker processes, journal-based resume, durable atomic publish.
 
 The output is built in a hidden staging folder next to the destination. Shards are
 created up front with their final headers and size; workers then write each tensor
 into its fixed byte range, so the bytes do not depend on how many workers ran or in
 which order they finished. Each finished tensor is appended to a journal; after a
 crash (even SIGKILL) the same command finds the staging folder, checks that recipe
-and inputs are unchanged, and redoes only tensors missing from the journal. The
-folder is renamed to its final name only once complete.
+and inputs are unchanged (input headers and sampled content, not modification times),
+and redoes only tensors missing from the journal. The folder is fsynced and renamed to
+its final name only once complete.
+
+Processes fail together: workers die with the main process (PR_SET_PDEATHSIG), and the
+main process watches each worker's pipe and process sentinel, so a worker killed from
+outside (the OOM killer) ends the merge at once with the tensor it was computing named.
+A lock file next to the output keeps a second run off the same output.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import hashlib
@@ -21,17 +28,17 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernels
-from .checkpoint import file_fingerprint
-from .config import load_config
+from .checkpoint import file_identity
+from .config import MergeError, load_config
 from .output import write_metadata
-from .plan import DEFAULT_SHARD_SIZE, MergePlan, build_plan
+from .plan import DEFAULT_SHARD_SIZE, RANDOM_METHODS, MergePlan, TensorJob, build_plan
 
-FORMAT_VERSION = 2  # 2: SLERP reductions in mergekit's order
-JOURNAL, FINGERPRINT, LOCK = ".journal.jsonl", ".fingerprint", ".lock"
+FORMAT_VERSION = 3  # 3: mergekit's arithmetic for every method; inputs identified by content
+JOURNAL, FINGERPRINT = ".journal.jsonl", ".fingerprint"
 
 
 @dataclass
@@ -46,6 +53,7 @@ class MergeSummary:
     peak_rss: int  # largest resident set of any one process (what /usr/bin/time reports), bytes
     peak_rss_total: int  # largest sampled sum over the main process and its workers, bytes
     branch_counts: dict
+    nonfinite: dict = field(default_factory=dict)  # tensor -> {"inputs": {parent: count}, "output": count}
 
     @property
     def gb_per_s(self) -> float:
@@ -56,42 +64,132 @@ class MergeSummary:
                 f"in {self.seconds:.2f} s = {self.gb_per_s:.2f} GB/s with {self.workers} worker(s); "
                 f"peak RSS {self.peak_rss / 2**20:.0f} MiB per process, {self.peak_rss_total / 2**20:.0f} MiB all processes"
                 + (f"; resumed {self.resumed_tensors} finished tensors" if self.resumed_tensors else "")
-                + (f"; branches {self.branch_counts}" if self.branch_counts else ""))
+                + (f"; branches {self.branch_counts}" if self.branch_counts else "")
+                + (f"\n{describe_nonfinite(self.nonfinite)}" if self.nonfinite else ""))
+
+
+def describe_nonfinite(nonfinite: dict, limit: int = 10) -> str:
+    """One line per tensor with NaN/Inf: where they were and how many."""
+    lines = [f"NaN/Inf found in {len(nonfinite)} tensor(s):"]
+    for name, entry in list(nonfinite.items())[:limit]:
+        inputs = ", ".join(f"{parent} {count}" for parent, count in entry["inputs"].items()) or "none"
+        lines.append(f"  {name}: inputs {inputs}; output {entry['output']}")
+    if len(nonfinite) > limit:
+        lines.append(f"  ... and {len(nonfinite) - limit} more (all in merge_report.json)")
+    return "\n".join(lines)
 
 
 def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True,
-              shard_size: int = DEFAULT_SHARD_SIZE, exact: bool = True) -> MergeSummary:
+              shard_size: int = DEFAULT_SHARD_SIZE, exact: bool = True, precise: bool = False,
+              mergekit_sort: bool = False, random_seed: int | None = None, fsync: bool = True,
+              fail_on_nonfinite: bool = False) -> MergeSummary:
     """Merge per `config` (mergekit-style dict or YAML path) into `out_dir`; see the module doc.
 
-    `exact` is accepted for compatibility: SLERP always follows mergekit's reduction order."""
+    precise: keep intermediates in float32 instead of mergekit's rounding to the recipe's dtype
+    (linear, task arithmetic, TIES, DARE). mergekit_sort: TIES keeps torch's own choice among
+    equal magnitudes at the cut (holds each tensor's |δ| and sort indices). random_seed: DARE's
+    seed, as mergekit's --random-seed (default 0). fsync: make the output durable before it is
+    published. fail_on_nonfinite: a NaN/Inf in any input or output is an error (nothing is
+    published). `exact` is accepted for compatibility: SLERP always follows mergekit's order."""
     started = time.perf_counter()
     out_dir = Path(out_dir).absolute()
-    plan = build_plan(load_config(config), shard_size=shard_size)
+    plan = build_plan(load_config(config), shard_size=shard_size, precise=precise, mergekit_sort=mergekit_sort,
+                      random_seed=0 if random_seed is None else int(random_seed))
+    _check_out_dir(plan, out_dir)
     fingerprint = plan_fingerprint(plan)
-    if out_dir.exists():
-        if not force and _completed_fingerprint(out_dir) == fingerprint:
-            _say(progress, f"{out_dir} already holds this merge (same recipe and inputs); nothing to do")
-            return _summary(plan, out_dir, started, 0, len(plan.jobs), 0, None)
-        if not force:
-            raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
     staging = out_dir.parent / f".{out_dir.name}.partial"
-    staging.mkdir(parents=True, exist_ok=True)
-    with open(staging / LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{staging} is locked by another merge writing {out_dir}") from None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _OutputLock(out_dir):
+        if out_dir.exists() or out_dir.is_symlink():
+            if not force and _completed_fingerprint(out_dir) == fingerprint:
+                _say(progress, f"{out_dir} already holds this merge (same recipe and inputs); nothing to do")
+                return _summary(plan, out_dir, started, len(plan.jobs), 0, None, {})  # resumed = all, no workers
+            if not force:
+                raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
+        staging.mkdir(exist_ok=True)
         done = _prepare_staging(staging, plan, fingerprint, progress)
         todo = [job for job in plan.jobs if job.name not in done]
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-        peak_total = _execute(plan, todo, staging, done, workers, progress, resumed_bytes=sum(j.out_nbytes for j in plan.jobs if j.name in done))
+        peak_total = _execute(plan, todo, staging, done, workers, progress, fsync,
+                              resumed_bytes=sum(j.out_nbytes for j in plan.jobs if j.name in done))
+        reports = [done[job.name] for job in plan.jobs]
+        nonfinite = {r["name"]: r["nonfinite"] for r in reports if r.get("nonfinite")}
+        if nonfinite and fail_on_nonfinite:
+            raise MergeError(f"{describe_nonfinite(nonfinite, limit=5)}\nnothing was published (--fail-on-nonfinite); "
+                             f"the finished tensors stay in {staging}")
         _crash_point("metadata")
-        write_metadata(plan, [done[job.name] for job in plan.jobs], staging, fingerprint)
+        write_metadata(plan, reports, staging, fingerprint)
+        if fsync:
+            _fsync_folder(staging)
         _crash_point("publish")
-        _publish(staging, out_dir)
+        _publish(staging, out_dir, fsync)
     summary = _summary(plan, out_dir, started, len(plan.jobs) - len(todo), workers, peak_total, done)
     _say(progress, summary.describe())
     return summary
+
+
+def _check_out_dir(plan: MergePlan, out_dir: Path) -> None:
+    """OUT may not be an input folder, lie inside one, or contain one: replacing it would destroy an input."""
+    out = _real(out_dir)
+    folders = list(plan.config.parents) + ([plan.config.tokenizer_source] if plan.config.tokenizer_source else [])
+    for folder in dict.fromkeys(folders):
+        real = _real(folder)
+        if out == real:
+            raise MergeError(f"the output folder {out_dir} is the input model {folder}; choose another output folder")
+        if real in out.parents:
+            raise MergeError(f"the output folder {out_dir} is inside the input model {folder}; choose a folder outside it")
+        if out in real.parents:
+            raise MergeError(f"the input model {folder} is inside the output folder {out_dir}; replacing the output "
+                             "would delete it — choose another output folder")
+
+
+def _real(path: Path) -> Path:
+    """The path with symlinks resolved, also for a path that does not exist yet."""
+    path = Path(path).absolute()
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path.name)
+        path = path.parent
+    return path.resolve().joinpath(*reversed(missing))
+
+
+class _OutputLock:
+    """`.OUT.lock` next to the output, held (flock) for the whole run and removed at its end;
+    a second run on the same output fails at once with the holder's process id."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.path = out_dir.parent / f".{out_dir.name}.lock"
+        self.fd = None
+
+    def __enter__(self):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise MergeError(f"another hpcadapt-merge (pid {holder}) is writing {self.out_dir}; wait for it to "
+                                 "finish or stop it, then run this command again") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the previous holder removed the file between our open and our lock: retry
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
 
 
 def _prepare_staging(staging: Path, plan: MergePlan, fingerprint: str, progress: bool) -> dict[str, dict]:
@@ -101,9 +199,10 @@ def _prepare_staging(staging: Path, plan: MergePlan, fingerprint: str, progress:
         done = read_journal(staging / JOURNAL)
         _say(progress, f"resuming: {len(done)} of {len(plan.jobs)} tensors already finished in {staging}")
         return done
+    if marker.is_file():
+        _say(progress, f"{staging} holds an interrupted merge of another recipe or of inputs that changed since; starting afresh")
     for entry in staging.iterdir():
-        if entry.name != LOCK:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for name, header, size in zip(plan.shard_names, plan.shard_headers, plan.shard_sizes):
         with open(staging / name, "wb") as shard:
             shard.write(header)
@@ -141,17 +240,44 @@ def read_journal(path: Path) -> dict[str, dict]:
     return done
 
 
-def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool, resumed_bytes: int) -> int:
+def _dispatch(plan: MergePlan, todo: list[TensorJob]):
+    """(job, extra) in the order workers should take them: biggest first, so workers finish
+    together; for DARE in name order, with each job's generator states (mergekit draws one
+    stream through the tensors in name order, so a job's state depends on all jobs before it)."""
+    if plan.config.method not in RANDOM_METHODS:
+        for job in sorted(todo, key=lambda job: -job.out_nbytes):
+            yield job, None
+        return
+    import numpy as np
+
+    wanted = {job.name for job in todo}
+    legacy = np.random.RandomState(plan.options["random_seed"] & 0xFFFFFFFF).get_state()  # as torch.manual_seed seeds mt19937
+    stream = np.random.MT19937()
+    stream.state = {"bit_generator": "MT19937", "state": {"key": legacy[1], "pos": legacy[2]}}
+    for job in plan.jobs:
+        states = []
+        if job.method in RANDOM_METHODS:
+            for density in job.params["densities"]:
+                if density < 1:
+                    states.append(stream.state)
+                    stream.random_raw(job.numel, output=False)
+                else:
+                    states.append(None)
+        if job.name in wanted:
+            yield job, {"rng": states}
+
+
+def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool, fsync: bool, resumed_bytes: int) -> int:
     from tqdm import tqdm
 
     out_paths = [str(staging / name) for name in plan.shard_names]
-    todo = sorted(todo, key=lambda job: -job.out_nbytes)  # big first: workers finish together
     bar = tqdm(total=plan.total_bytes, initial=resumed_bytes, unit="B", unit_scale=True, unit_divisor=1000,
                desc="merging", disable=not progress, smoothing=0.1, file=sys.stderr)
     sampler = _RssSampler()
+    kernels.write_behind = fsync
     with open(staging / JOURNAL, "a") as journal:
         def finished(job, report):
-            journal.write(json.dumps(report) + "\n")
+            journal.write(json.dumps(report, allow_nan=False) + "\n")
             journal.flush()
             done[job.name] = report
             bar.update(job.out_nbytes)
@@ -166,78 +292,218 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
         gc.freeze()  # the ~10^6 objects of torch's import out of the collector's walks, here and in forks
         try:
             if workers == 1:
-                for job in todo:
-                    finished(job, kernels.run_job(job, out_paths))
+                for job, extra in _dispatch(plan, todo):
+                    finished(job, kernels.run_job(job, out_paths, extra))
             else:
-                _run_pool(todo, out_paths, workers, finished, sampler)
+                _Workers(plan.jobs, out_paths, workers, staging).run(_dispatch(plan, todo), finished, sampler, len(done))
         finally:
             gc.unfreeze()
             if workers == 1:
                 kernels.close_files()
             if torch_threads is not None:
                 kernels.restore_threads(torch_threads)
-    bar.close()
+            bar.close()
     return sampler.peak
 
 
-def _run_pool(todo, out_paths: list[str], workers: int, finished, sampler) -> None:
-    import multiprocessing
+class _Workers:
+    """Forked worker processes fed one job at a time over pipes. The main process waits on every
+    pipe and every process sentinel at once: a result, an error, or a death is seen as it happens."""
 
-    by_name = {job.name: job for job in todo}
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-        sampler.pool = pool
-        for report in pool.imap_unordered(_run_job_args, [(job, out_paths) for job in todo], chunksize=1):
-            finished(by_name[report["name"]], report)
+    def __init__(self, jobs: list[TensorJob], out_paths: list[str], count: int, staging: Path):
+        import multiprocessing
+
+        self.jobs, self.staging = jobs, staging
+        self.index = {job.name: i for i, job in enumerate(jobs)}
+        context = multiprocessing.get_context("fork")
+        self.procs, self.conns = [], []
+        parent = os.getpid()
+        for _ in range(count):
+            mine, theirs = context.Pipe()
+            proc = context.Process(target=_worker_main, args=(theirs, jobs, out_paths, parent), daemon=True)
+            proc.start()
+            theirs.close()
+            self.procs.append(proc)
+            self.conns.append(mine)
+
+    def run(self, dispatch, finished, sampler, already_done: int) -> None:
+        from multiprocessing.connection import wait
+
+        busy: dict[int, TensorJob] = {}  # worker -> job in flight
+        completed = already_done
+
+        def feed(worker: int) -> None:
+            item = next(dispatch, None)
+            if item is None:
+                self.conns[worker].send(None)
+                return
+            job, extra = item
+            busy[worker] = job
+            try:
+                self.conns[worker].send((self.index[job.name], extra))
+            except OSError:  # it died after its last result
+                self._died(worker, job, completed)
+
+        try:
+            for worker in range(len(self.procs)):
+                feed(worker)
+            while busy:
+                waiting = [self.conns[w] for w in busy] + [self.procs[w].sentinel for w in busy]
+                ready = set(wait(waiting))
+                for worker in list(busy):
+                    conn, proc = self.conns[worker], self.procs[worker]
+                    if conn in ready or (proc.sentinel in ready and conn.poll()):
+                        try:
+                            status, _, payload = conn.recv()
+                        except (EOFError, OSError):
+                            self._died(worker, busy[worker], completed)
+                        if status == "error":
+                            raise MergeError(f"tensor {busy[worker].name!r}: {payload}; the {completed} finished tensors "
+                                             f"are kept in {self.staging}")
+                        job = busy.pop(worker)
+                        finished(job, payload)
+                        completed += 1
+                        feed(worker)
+                    elif proc.sentinel in ready:
+                        self._died(worker, busy[worker], completed)
+        finally:
+            self.stop()
+
+    def _died(self, worker: int, job: TensorJob, completed: int):
+        proc = self.procs[worker]
+        proc.join(1)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+            if code == -signal.SIGKILL:
+                how += " (the out-of-memory killer does that)"
+        else:
+            how = f"exited with status {code}"
+        raise MergeError(f"worker process {proc.pid} {how} while merging tensor {job.name!r}; the other workers were "
+                         f"stopped. The {completed} finished tensors are kept in {self.staging}: run the same command "
+                         "again to resume")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc, conn in zip(self.procs, self.conns):
+            proc.join(5)
+            conn.close()
 
 
-def _run_job_args(args) -> dict:
-    return kernels.run_job(*args)
+def _worker_main(conn, jobs: list[TensorJob], out_paths: list[str], parent: int) -> None:
+    _worker_init(parent)
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            index, extra = message
+            try:
+                report = kernels.run_job(jobs[index], out_paths, extra)
+            except Exception as error:  # reported to the main process, which stops the merge
+                conn.send(("error", index, f"{type(error).__name__}: {error}"))
+                break
+            conn.send(("done", index, report))
+    finally:
+        os._exit(0)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """Workers die with the main process, so a killed merge leaves no writer behind."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:  # the main process died before prctl took effect
+        os._exit(1)
+    # Ctrl-C reaches every process of the terminal's group: the main process handles it (and
+    # ends the workers). A fork inherits the parent's handlers, and inside a Slurm job those are
+    # submitit's, which ignore SIGTERM; restore the default so SIGTERM ends a worker. A
+    # preemption warning (USR2, sent to every process of the job) is the main process's business.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The pool ends its workers with SIGTERM. A fork inherits the parent's handlers, and
-    # inside a Slurm job those are submitit's, which ignore SIGTERM: the pool would wait
-    # forever. A preemption warning (USR2, sent to every process of the job) is the
-    # parent's business.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     if "torch" in sys.modules:
         kernels.single_threaded()
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Turn the staging folder into `out_dir` with one rename (replacing an old one if forced)."""
+def _fsync_folder(folder: Path) -> None:
+    """Every file of the folder and the folder itself on disk (the workers started the shards'
+    writeback as they finished each tensor, so this mostly waits for the last ones)."""
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file():
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as error:  # some filesystems cannot fsync a directory
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _publish(staging: Path, out_dir: Path, fsync: bool) -> None:
+    """Turn the staging folder into `out_dir` with one rename; a forced replacement moves the old
+    output aside first and removes it afterwards (folder or file), leaving nothing behind."""
     for name in (JOURNAL, FINGERPRINT):
         (staging / name).unlink(missing_ok=True)
-    (staging / LOCK).unlink(missing_ok=True)
     old = None
-    if out_dir.exists():
+    if out_dir.exists() or out_dir.is_symlink():
         old = out_dir.parent / f".{out_dir.name}.replaced"
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         out_dir.rename(old)
     staging.rename(out_dir)
+    if fsync:
+        _fsync_dir(out_dir.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def plan_fingerprint(plan: MergePlan) -> str:
-    """Recipe + inputs (size, mtime) + output layout: what must match for a resume to be valid."""
-    files = sorted({str(s.file) for job in plan.jobs for s in job.sources})
-    files += [str(p / "config.json") for p in plan.config.parents]
+    """Recipe, options, inputs (size and sampled content) and output layout: what must match for
+    a resume to be valid."""
+    by_file: dict[Path, list] = {}
+    for job in plan.jobs:
+        for info in job.sources + ((job.tail,) if job.tail else ()):
+            by_file.setdefault(info.file, []).append(info)
+    others = [p / "config.json" for p in plan.config.parents]
     payload = {
         "version": FORMAT_VERSION,
         "recipe": plan.config.raw,
+        "options": plan.options,
         "parents": [str(p) for p in plan.config.parents],
-        "inputs": [file_fingerprint(Path(f)) for f in files],
-        "jobs": [[j.name, j.method, j.params, j.out_dtype, j.shard, j.out_offset] for j in plan.jobs],
+        "headers_in": {str(c.path / name): digest for c in plan.checkpoints.values() for name, digest in sorted(c.header_digests.items())},
+        "inputs": [file_identity(path, infos) for path, infos in sorted(by_file.items())] + [file_identity(p) for p in others],
+        "jobs": [[j.name, j.method, j.params, j.out_dtype, j.shard, j.out_offset, list(j.shape)] for j in plan.jobs],
         "headers": [hashlib.sha256(h).hexdigest() for h in plan.shard_headers],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -257,7 +523,7 @@ class _RssSampler:
     INTERVAL = 0.25
 
     def __init__(self):
-        self.peak, self.pool, self.last = 0, None, 0.0
+        self.peak, self.last = 0, 0.0
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -277,11 +543,13 @@ class _RssSampler:
 def _summary(plan, out_dir, started, resumed, workers, peak_total, done) -> MergeSummary:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    branches = [r.get("branch") for r in (done or {}).values() if r.get("branch")]
+    reports = list((done or {}).values())
+    branches = [r.get("branch") for r in reports if r.get("branch")]
     return MergeSummary(out_dir=out_dir, seconds=time.perf_counter() - started, bytes=plan.total_bytes,
                         bytes_read=plan.read_bytes, tensors=len(plan.jobs), resumed_tensors=resumed, workers=workers,
                         peak_rss=max(own, children), peak_rss_total=max(peak_total or 0, own),
-                        branch_counts={b: branches.count(b) for b in sorted(set(branches))})
+                        branch_counts={b: branches.count(b) for b in sorted(set(branches))},
+                        nonfinite={r["name"]: r["nonfinite"] for r in sorted(reports, key=lambda r: r["name"]) if r.get("nonfinite")})
 
 
 def _crash_point(label: str) -> None:

@@ -6,14 +6,20 @@ and pwrites the result straight to its byte range of the output shard. Memory is
 therefore a few buffers per worker whatever the model size: chunk buffers, plus for
 SLERP tensors up to DECODED_BYTES per input one decoded copy kept across its passes.
 
-SLERP runs on torch, op for op as mergekit 0.1.5 (methods/slerp.py); the engine
-imports torch once before starting workers and keeps each process to one torch
-thread. linear and task arithmetic stream in numpy; TIES and DARE need whole-tensor
-ranks and masks and hold one tensor.
+All methods run on torch, op for op as mergekit 0.1.5 (methods/slerp.py, methods/gta.py);
+the engine imports torch once before starting workers and keeps each process to one
+torch thread. SLERP makes three passes (norms, dot, output). TIES and DARE, whose
+sparsification needs whole-tensor statistics, make one or two statistics passes
+(a histogram of |δ| for the magnitude cut, L1 sums for `rescale`) before the output
+pass; only `mergekit_sort` holds a whole tensor (torch's own sort of |δ|).
+
+Each job also reports NaN/Inf in its inputs and output (counts), at no cost for SLERP
+whose norms already tell whether an input is finite.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import warnings
@@ -21,27 +27,27 @@ import warnings
 import numpy as np
 
 from .checkpoint import DTYPE_SIZES
-from .methods import slerp
-from .methods.linear import linear
-from .methods.task_arithmetic import task_arithmetic
+from .methods import gta, slerp
 from .plan import TensorJob
 
-CHUNK = 1 << 18  # elements converted at a time by the elementwise methods
+CHUNK = 1 << 18  # elements per chunk of the elementwise passes (a multiple of every SIMD width)
 MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time
 WRITE_PIECE = 256 << 10  # bytes per pwrite: writers of one shard share its inode lock; big pieces made the other spin (sys time 2-4x)
 DECODED_BYTES = 4 << 20  # SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
+FINITE_MAX = {"BF16": 3.3895313892515355e38, "F16": 65504.0, "F32": 3.4028234663852886e38, "F64": 1.7976931348623157e308}
 
 _NUMPY_DTYPES = {"BF16": np.int16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 _TORCH_DTYPES: dict = {}  # filled by use_torch()
 _fds: dict[str, int] = {}
 _buffers: dict[tuple, object] = {}
+write_behind = False  # set by the engine when the output will be fsynced: start each tensor's writeback at once
 
 
 def needs_torch(jobs) -> bool:
     return any(job.method in TORCH_METHODS for job in jobs)
 
 
-TORCH_METHODS = ("slerp", "ties", "dare_ties", "dare_linear")
+TORCH_METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
 
 def use_torch():
@@ -67,25 +73,60 @@ def restore_threads(previous: int) -> None:
     use_torch().set_num_threads(previous)
 
 
-def run_job(job: TensorJob, out_paths: list[str]) -> dict:
-    """Compute `job` and write it into its place in the output shard; return its report."""
+def run_job(job: TensorJob, out_paths: list[str], extra: dict | None = None) -> dict:
+    """Compute `job` and write it into its place in the output shard; return its report.
+    `extra` carries what the engine computes per job: DARE's generator states ("rng")."""
     out_fd = _fd(out_paths[job.shard], os.O_WRONLY)
+    counts = _Nonfinite(len(job.sources))
     if job.method == "copy":
         _copy_bytes(job.sources[0], out_fd, job.out_offset)
-        return {"name": job.name, "method": "copy"}
-    if job.method == "slerp":
-        return _slerp_job(job, out_fd)
-    if job.method in ("linear", "task_arithmetic"):
-        _elementwise_job(job, out_fd)
+        report = {"name": job.name, "method": "copy"}
+    elif job.method == "slerp":
+        report = _slerp_job(job, out_fd, counts)
+    elif job.method == "linear":
+        report = _linear_job(job, out_fd, counts)
     else:
-        _whole_tensor_job(job, out_fd)
-    return {"name": job.name, "method": job.method}
+        report = _gta_job(job, out_fd, counts, (extra or {}).get("rng"))
+    if job.tail is not None:
+        _tail_rows(job, out_fd, counts)
+    if counts.any():
+        report["nonfinite"] = counts.report(job)
+    if write_behind:
+        _start_writeback(out_fd, job.out_offset, job.out_nbytes)
+    return report
+
+
+class _Nonfinite:
+    """NaN/Inf counts of each input (merged rows and copied tail) and of the output."""
+
+    def __init__(self, n_inputs: int):
+        self.inputs, self.output = [0] * n_inputs, 0
+
+    def any(self) -> bool:
+        return bool(self.output or any(self.inputs))
+
+    def report(self, job: TensorJob) -> dict:
+        return {"inputs": {_parent(s): n for s, n in zip(job.sources, self.inputs) if n}, "output": self.output}
+
+
+def _parent(info) -> str:
+    return info.file.parent.name
+
+
+def count_nonfinite(x) -> int:
+    """NaN and ±Inf in a torch tensor; a finite sum (one fast reduction) proves there are none."""
+    torch = use_torch()
+    if x.numel() == 0:
+        return 0
+    if math.isfinite(float(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+        return 0
+    return int(x.numel() - int(torch.isfinite(x).sum()))
 
 
 # ---- SLERP ---------------------------------------------------------------------------
 
 
-def _slerp_job(job: TensorJob, out_fd: int) -> dict:
+def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     """mergekit's three passes over the tensor in its chunks: norms, dot, output (methods/slerp.py)."""
     import torch
 
@@ -104,6 +145,10 @@ def _slerp_job(job: TensorJob, out_fd: int) -> dict:
         norms_a.append(slerp.chunk_norm(fa.chunk(lo, hi)))
         norms_b.append(slerp.chunk_norm(fb.chunk(lo, hi)))
     norm_a, norm_b = slerp.total_norm(norms_a), slerp.total_norm(norms_b)
+    finite_in = math.isfinite(float(norm_a)) and math.isfinite(float(norm_b))  # a NaN or Inf makes its norm non-finite
+    if not finite_in:
+        counts.inputs = [_count_source(s) for s in (a, b)]
+        finite_in = not any(counts.inputs)  # else the squares overflowed: all finite after all
     dots = []
     for lo, hi in bounds:
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
@@ -113,16 +158,37 @@ def _slerp_job(job: TensorJob, out_fd: int) -> dict:
         dots.append(slerp.chunk_dot(x, y, norm_a, norm_b, sx, sy))
     cosine = slerp.total_cosine(dots)
     c0, c1, branch = slerp.coefficients(cosine, t)
-    report.update(cosine=float(cosine), branch=branch)
+    report.update(cosine=_json_float(float(cosine)), branch=branch)
     if t in (0.0, 1.0) and a.info.dtype == in_dtype == job.out_dtype:
-        _copy_bytes(job.sources[0 if t == 0.0 else 1], out_fd, job.out_offset)
+        parent = job.sources[0 if t == 0.0 else 1]
+        _copy_bytes(parent, out_fd, job.out_offset)
         report["copied_from"] = "base" if t == 0.0 else "other"
+        counts.output = counts.inputs[0 if t == 0.0 else 1]
         return report
+    # The output is finite when the inputs are and |c0|·‖a‖ + |c1|·‖b‖ (which bounds every
+    # |c0·x + c1·y|) stays below the output dtype's largest number; else count it.
+    bound = abs(float(c0)) * float(norm_a) + abs(float(c1)) * float(norm_b)
+    check_output = not (finite_in and math.isfinite(bound) and bound < 0.99 * FINITE_MAX[job.out_dtype])
     out = _Output(job, in_dtype, out_fd)
     for lo, hi in bounds:
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
-        out.write(lo, slerp.combine(x, y, c0, c1, out=x, scratch=y))  # the last use of these floats: in place
+        result = slerp.combine(x, y, c0, c1, out=x, scratch=y)  # the last use of these floats: in place
+        final = out.write(lo, result)
+        if check_output:
+            counts.output += count_nonfinite(final)
     return report
+
+
+def _json_float(value: float):
+    """A float for strict JSON: NaN and ±Inf become None."""
+    return value if math.isfinite(value) else None
+
+
+def _count_source(source: "_Source") -> int:
+    total = 0
+    for lo, hi in _chunks(source.numel):
+        total += count_nonfinite(source.tensor(lo, hi))
+    return total
 
 
 class _Output:
@@ -131,15 +197,18 @@ class _Output:
 
     def __init__(self, job: TensorJob, in_dtype: str, fd: int):
         self.job, self.fd = job, fd
-        self.rounded = _tensor_buffer(("round",), slerp.CHUNK, _TORCH_DTYPES[in_dtype])
-        self.final = self.rounded if job.out_dtype == in_dtype else _tensor_buffer(("final",), slerp.CHUNK, _TORCH_DTYPES[job.out_dtype])
+        size = max(slerp.CHUNK, CHUNK)
+        self.rounded = _tensor_buffer(("round",), size, _TORCH_DTYPES[in_dtype])
+        self.final = self.rounded if job.out_dtype == in_dtype else _tensor_buffer(("final",), size, _TORCH_DTYPES[job.out_dtype])
 
-    def write(self, start: int, values) -> None:
+    def write(self, start: int, values):
+        """Write elements [start, start + n) of the result; returns them as written (output dtype)."""
         n = values.numel()
         self.rounded[:n].copy_(values.view(-1))
         if self.final is not self.rounded:
             self.final[:n].copy_(self.rounded[:n])
         _write(self.fd, self.job, start, self.final[:n].view(use_torch().uint8).numpy())
+        return self.final[:n]
 
 
 class _Floats:
@@ -167,46 +236,243 @@ class _Floats:
         return out.copy_(raw)
 
 
-# ---- other methods ---------------------------------------------------------------------
+# ---- linear and generalized task arithmetic (task_arithmetic, ties, dare_*) --------------
 
 
-def _elementwise_job(job: TensorJob, out_fd: int) -> None:
+def _inputs(job: TensorJob):
+    """The job's sources, and a function giving chunk [lo, hi) of each, cast to the recipe's dtype."""
     sources = [_Source(s, slot) for slot, s in enumerate(job.sources)]
+    dtype = _TORCH_DTYPES[job.params.get("dtype") or sources[0].info.dtype]
+
+    def load(lo: int, hi: int, count: bool = False):
+        chunks = []
+        for i, source in enumerate(sources):
+            raw = source.tensor(lo, hi)
+            if count:
+                counts_in[i] += count_nonfinite(raw)
+            chunks.append(raw.to(dtype))
+        return chunks
+
+    counts_in = [0] * len(sources)
+    return sources, dtype, load, counts_in
+
+
+def _linear_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     p = job.params
-    for start, stop in _chunks(sources[0].numel):
-        xs = [s.floats(start, stop) for s in sources]
-        if job.method == "linear":
-            merged = linear(xs, p["weights"], p["normalize"])
-        else:
-            merged = task_arithmetic(xs[0], xs[1:], p["weights"], p["lambda"], p["normalize"])
-        _write(out_fd, job, start, _encode(np.asarray(merged, dtype=np.float32), job.out_dtype))
+    sources, dtype, load, counts_in = _inputs(job)
+    out = _Output(job, job.out_dtype if p["precise"] else p["dtype"], out_fd)
+    for lo, hi in _chunks(job.numel):
+        merged = gta.linear_combine(load(lo, hi, count=True), p["weights"], normalize=p["normalize"], precise=p["precise"])
+        counts.output += count_nonfinite(out.write(lo, merged if p["precise"] else merged.to(dtype)))
+    counts.inputs = counts_in
+    return {"name": job.name, "method": "linear", "weights": p["weights"]}
 
 
-def _whole_tensor_job(job: TensorJob, out_fd: int) -> None:
-    """TIES and DARE need whole-tensor ranks and masks: load the tensor (documented limit)."""
-    import torch
+class _Model:
+    """One non-base model of a generalized task arithmetic job: its sparsification and the
+    whole-tensor statistics that sparsification needs."""
 
-    from .methods.dare import dare
-    from .methods.ties import ties
+    def __init__(self, index: int, job: TensorJob, mask_dtype, rng_state):
+        p = job.params
+        self.index, self.density, self.weight = index, p["densities"][index], p["weights"][index]
+        kind = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random"}.get(job.method)
+        self.kind = kind if kind and self.density < 1 else None  # density 1: mergekit returns δ untouched (no draws)
+        self.rescale = bool(p["rescale"]) and self.kind is not None
+        self.keep_below = gta.keep_threshold(self.density, mask_dtype) if self.kind == "random" else 0
+        self.rng_state, self.generator = rng_state, None
+        self.k = max(1, int(self.density * job.numel))
+        self.cut = None  # magnitude: (key, entries to keep at that key); set after the statistics passes
+        self.sort_mask = None  # magnitude with mergekit_sort: kept entries, from torch's own sort
+        self.ties_seen = 0  # magnitude: entries at the cut key met so far in this pass
+        self.ratio = None
 
-    tensors = [torch.from_numpy(_read_whole_floats(s)).reshape(s.shape) for s in job.sources]
+    def restart(self) -> None:
+        """Back to the job's first element (each pass draws DARE's stream from its start)."""
+        self.ties_seen = 0
+        if self.kind == "random":
+            if self.rng_state is None:
+                raise RuntimeError("DARE job without a generator state (the engine hands one to each job)")
+            bit_generator = np.random.MT19937()
+            bit_generator.state = self.rng_state
+            self.generator = np.random.Generator(bit_generator)
+
+    def random_keep(self, n: int):
+        draws = self.generator.integers(0, 1 << 32, size=n, dtype=np.uint32)
+        np.bitwise_and(draws, (1 << gta.DENSITY_BITS) - 1, out=draws)
+        return use_torch().from_numpy(draws < self.keep_below)
+
+    def magnitude_keep(self, delta, lo: int):
+        torch = use_torch()
+        if self.sort_mask is not None:
+            return self.sort_mask[lo : lo + delta.numel()]
+        key, take = self.cut
+        keys = gta.magnitude_keys(delta)
+        keep = keys > key
+        at_cut = keys == key
+        if take > self.ties_seen and bool(at_cut.any()):
+            rank = torch.cumsum(at_cut, 0, dtype=torch.int64) + self.ties_seen
+            keep |= at_cut & (rank <= take)
+        self.ties_seen += int(at_cut.sum())
+        return keep
+
+
+def _gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, rng_states) -> dict:
+    """Task arithmetic, TIES, DARE: statistics passes as the sparsification needs, then the output pass."""
+    torch = use_torch()
     p = job.params
-    if job.method == "ties":
-        merged = ties(tensors[0], tensors[1:], p["weights"], p["densities"], p["lambda"], p["normalize"])
+    sources, dtype, load, counts_in = _inputs(job)
+    compute, mask_dtype = gta.working_dtypes(dtype, p["precise"])
+    models = [_Model(i, job, mask_dtype, (rng_states or [None] * len(job.sources))[i]) for i in range(len(job.sources) - 1)]
+    n = job.numel
+    report = {"name": job.name, "method": job.method, "weights": p["weights"], "densities": p["densities"]}
+
+    def deltas(lo, hi, count=False):
+        chunks = load(lo, hi, count)
+        base = chunks[0].to(compute)
+        return base, [x.to(compute) - base for x in chunks[1:]]
+
+    magnitude = [m for m in models if m.kind == "magnitude"]
+    if p.get("mergekit_sort"):
+        for m in magnitude:
+            m.sort_mask = _torch_sort_mask(m, n, deltas)
+    elif magnitude:
+        _magnitude_cuts(magnitude, n, deltas, fine=compute != torch.bfloat16)
+    for m in (m for m in models if m.rescale):
+        m.ratio = _l1_ratio(m, n, deltas, mask_dtype if m.kind == "random" else compute)
+    weights = torch.tensor(p["weights"], dtype=torch.float64).to(compute) if p["precise"] else gta.weights_tensor(p["weights"], compute)
+    consensus = job.method in ("ties", "dare_ties")
+    out = _Output(job, job.out_dtype if p["precise"] else p["dtype"], out_fd)
+    for m in models:
+        m.restart()
+    for lo, hi in _chunks(n):
+        base, ds = deltas(lo, hi, count=True)
+        for m in models:
+            if m.kind is None:
+                continue
+            d = ds[m.index]
+            if m.kind == "random":
+                d = d.to(mask_dtype)
+                keep = m.random_keep(hi - lo)
+            else:
+                keep = m.magnitude_keep(d, lo)
+            d = d * keep
+            if m.ratio is not None:
+                d = d * m.ratio
+            ds[m.index] = d.to(compute)
+        merged = gta.combine(base, ds, weights, consensus=consensus, normalize=p["normalize"], lam=p["lambda"])
+        counts.output += count_nonfinite(out.write(lo, merged))
+    counts.inputs = counts_in
+    if magnitude and not p.get("mergekit_sort"):
+        report["ties_at_cut"] = [m.cut[1] for m in magnitude]
+    return report
+
+
+def _l1_ratio(model: _Model, n: int, deltas, dtype):
+    """mergekit's rescale factor ‖δ‖₁ / ‖sparsified δ‖₁, each sum torch's own over the whole tensor in
+    `dtype` (its summation order decides the last bits): |δ| goes through one scratch tensor of `dtype`
+    (2 or 4 bytes per element), filled chunk by chunk, once for each sum."""
+    torch = use_torch()
+    scratch = torch.empty(n, dtype=dtype)
+    sums = []
+    for sparsified in (False, True):
+        model.restart()
+        for lo, hi in _chunks(n):
+            _, ds = deltas(lo, hi)
+            d = ds[model.index].to(dtype)
+            if sparsified:
+                d = d * (model.random_keep(hi - lo) if model.kind == "random" else model.magnitude_keep(d, lo))
+            torch.abs(d, out=scratch[lo:hi])
+        sums.append(scratch.sum())
+    del scratch
+    before, after = sums
+    if float(before) < gta.EPS or float(after) < gta.EPS:
+        return None
+    return before / after
+
+
+def _magnitude_cuts(models: list[_Model], n: int, deltas, fine: bool) -> None:
+    """The k-th largest |δ| of each model, exactly, from histograms of its float32 bit pattern:
+    the top 16 bits in one pass, then (unless δ is bfloat16, whose low 16 bits are zero) the low
+    16 bits of the entries in the chosen bucket in a second pass."""
+    high = {m.index: np.zeros(1 << 15, dtype=np.int64) for m in models}
+    for lo, hi in _chunks(n):
+        _, ds = deltas(lo, hi)
+        for m in models:
+            keys = gta.magnitude_keys(ds[m.index])
+            high[m.index] += np.bincount((keys >> 16).numpy(), minlength=1 << 15)
+    chosen = {}
+    for m in models:
+        bucket, above, take = gta.cut_from_histogram(high[m.index], m.k)
+        chosen[m.index] = (bucket, above)
+        m.cut = (bucket << 16, take)
+    if not fine:
+        return
+    low = {m.index: np.zeros(1 << 16, dtype=np.int64) for m in models}
+    for lo, hi in _chunks(n):
+        _, ds = deltas(lo, hi)
+        for m in models:
+            keys = gta.magnitude_keys(ds[m.index])
+            inside = keys[(keys >> 16) == chosen[m.index][0]]
+            if inside.numel():
+                low[m.index] += np.bincount((inside & 0xFFFF).numpy(), minlength=1 << 16)
+    for m in models:
+        bucket, above = chosen[m.index]
+        sub, _, take = gta.cut_from_histogram(low[m.index], m.k - above)
+        m.cut = ((bucket << 16) | sub, take)
+
+
+def _torch_sort_mask(model: _Model, n: int, deltas):
+    """mergekit's own cut: the first k indices of torch's descending argsort of |δ| (float32)."""
+    torch = use_torch()
+    magnitudes = torch.empty(n, dtype=torch.float32)
+    for lo, hi in _chunks(n):
+        _, ds = deltas(lo, hi)
+        magnitudes[lo:hi] = ds[model.index].abs().float()
+    top = torch.argsort(magnitudes, descending=True)[: model.k]
+    del magnitudes
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[top] = True
+    return mask
+
+
+def _tail_rows(job: TensorJob, out_fd: int, counts: _Nonfinite) -> None:
+    """The rows only the grown vocabulary has, after the merged ones: a byte copy, or cast as the
+    merged rows are (recipe dtype, then output dtype) when the dtypes differ."""
+    tail = job.tail
+    source = _Source(tail, slot=-2)
+    dtype = job.params.get("dtype") or tail.dtype
+    found = sum(count_nonfinite(source.tensor(lo, hi)) for lo, hi in _chunks(tail.numel))
+    if tail.dtype == dtype == job.out_dtype:
+        _copy_bytes(tail, out_fd, job.out_offset + job.numel * DTYPE_SIZES[job.out_dtype])
     else:
-        merged = dare(tensors[0], tensors[1:], p["weights"], p["densities"], seed=p["seed"], tensor_name=job.name,
-                      lam=p["lambda"], sign_election=job.method == "dare_ties", normalize=p["normalize"])
-    flat = merged.reshape(-1).to(torch.float32).numpy()
-    for start, stop in _chunks(flat.size):
-        _write(out_fd, job, start, _encode(flat[start:stop].copy(), job.out_dtype))
+        out = _Output(job, dtype, out_fd)
+        for lo, hi in _chunks(tail.numel):
+            out.write(job.numel + lo, source.tensor(lo, hi).to(_TORCH_DTYPES[dtype]))
+    donor = next((i for i, s in enumerate(job.sources) if s.file == tail.file), None)
+    if donor is not None:
+        counts.inputs[donor] += found
+    counts.output += found
 
 
-def _read_whole_floats(info) -> np.ndarray:
-    out = np.empty(info.numel, dtype=np.float32)
-    source = _Source(info, slot=-1)
-    for start, stop in _chunks(info.numel, max(1, MAP_WINDOW // source.itemsize)):
-        _decode(source.elements(start, stop), info.dtype, out[start:stop])
-    return out
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing this tensor's pages to disk now (sync_file_range, SYNC_FILE_RANGE_WRITE), so the
+    fsync before publishing waits only for the last ones; silently nothing where unsupported."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            function = libc.sync_file_range
+            function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _sync_file_range = function
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, offset, nbytes, 2)
+
+
+_sync_file_range = None
 
 
 # ---- reading, converting, writing ------------------------------------------------------
@@ -224,12 +490,6 @@ class _Source:
         self.lo = self.hi = 0  # elements [lo, hi) are mapped
         self.array = self.torch_view = None
 
-    def elements(self, start: int, stop: int) -> np.ndarray:
-        """Elements [start, stop) in the file's own encoding (bf16 as int16), read-only."""
-        if start < self.lo or stop > self.hi:
-            self._map(start, stop)
-        return self.array[start - self.lo : stop - self.lo]
-
     def tensor(self, start: int, stop: int):
         """Elements [start, stop) as a torch tensor of the file's dtype, read-only."""
         if start < self.lo or stop > self.hi or self.torch_view is None:
@@ -240,12 +500,6 @@ class _Source:
                 view = torch.from_numpy(self.array)
             self.torch_view = view.view(torch.bfloat16) if self.info.dtype == "BF16" else view
         return self.torch_view[start - self.lo : stop - self.lo]
-
-    def floats(self, start: int, stop: int) -> np.ndarray:
-        """Elements [start, stop) as float32, in a buffer reused by the next call with this slot."""
-        out = _buffer(("f32", self.slot), stop - start, np.float32)[: stop - start]
-        _decode(self.elements(start, stop), self.info.dtype, out)
-        return out
 
     def _map(self, start: int, stop: int) -> None:
         self.array = self.torch_view = None  # the old window goes when its last view does
@@ -263,41 +517,6 @@ class _Source:
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the window in with one call, not page by page
-
-
-def _decode(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
-    if dtype == "BF16":  # bf16 is the top half of a float32: widen, then shift (no casting loop)
-        bits = out.view(np.uint32)
-        np.copyto(bits, raw.view(np.uint16))
-        np.left_shift(bits, 16, out=bits)
-    elif dtype in ("F16", "F32", "F64"):
-        np.copyto(out, raw, casting="unsafe")
-    else:
-        raise ValueError(f"cannot merge dtype {dtype}")
-
-
-def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 -> the output dtype's bytes; bf16 rounds to nearest even, as torch does."""
-    if dtype == "BF16":
-        bits = x.view(np.uint32)
-        tmp = _buffer(("enc",), x.size, np.uint32)[: x.size]
-        np.right_shift(bits, 16, out=tmp)
-        np.bitwise_and(tmp, 1, out=tmp)
-        np.add(tmp, 0x7FFF, out=tmp)
-        np.add(tmp, bits, out=tmp)
-        np.right_shift(tmp, 16, out=tmp)
-        out = _buffer(("out16",), x.size, np.uint16)[: x.size]
-        np.copyto(out, tmp, casting="unsafe")
-        if np.isnan(x).any():  # the +0x7FFF carry would turn some NaN payloads into ±0 / inf
-            out[np.isnan(x)] = 0x7FC0
-        return out.view(np.uint8)
-    if dtype == "F16":
-        return x.astype(np.float16).view(np.uint8)
-    if dtype == "F32":
-        return x.view(np.uint8)
-    if dtype == "F64":
-        return x.astype(np.float64).view(np.uint8)
-    raise ValueError(f"cannot write dtype {dtype}")
 
 
 def _write(fd: int, job: TensorJob, start_element: int, data: np.ndarray) -> None:
@@ -331,13 +550,6 @@ def _numel(shape) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _buffer(key: tuple, size: int, dtype) -> np.ndarray:
-    buf = _buffers.get((key, dtype))
-    if buf is None or buf.size < size:
-        buf = _buffers[(key, dtype)] = np.empty(size, dtype=dtype)
-    return buf
 
 
 def _tensor_buffer(key: tuple, size: int, dtype):

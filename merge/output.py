@@ -28,10 +28,7 @@ def write_metadata(plan: MergePlan, reports: list[dict], folder: Path, fingerpri
     weight_map = {job.name: plan.shard_names[job.shard] for job in plan.jobs}
     _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map})
     _write_json(folder / "config.json", _model_config(base.config, plan))
-    tokenizer_dir = config.tokenizer_source or config.parents[0]
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, folder / name)
+    _copy_tokenizer(plan, folder)
     if (base.path / "generation_config.json").is_file():
         shutil.copyfile(base.path / "generation_config.json", folder / "generation_config.json")
     (folder / "mergekit_config.yml").write_text(yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None))
@@ -39,8 +36,34 @@ def write_metadata(plan: MergePlan, reports: list[dict], folder: Path, fingerpri
     (folder / "README.md").write_text(model_card(plan, reports))
 
 
+def _copy_tokenizer(plan: MergePlan, folder: Path) -> None:
+    """The tokenizer of `tokenizer_source` (the base by default). With tokenizer_source: union, the
+    vocabulary (tokenizer.json, its config and special tokens) is the grown parent's, while the chat
+    template stays the base's."""
+    source = plan.config.tokenizer_source or plan.config.parents[0]
+    vocabulary = plan.vocab.donor if plan.vocab else source
+    for name in TOKENIZER_FILES:
+        origin = source if name.startswith("chat_template") else vocabulary
+        if (origin / name).is_file():
+            shutil.copyfile(origin / name, folder / name)
+    settings = vocabulary / "tokenizer_config.json"
+    if plan.vocab and settings.is_file() and vocabulary != source:
+        data = json.loads(settings.read_text())
+        theirs = source / "tokenizer_config.json"
+        template = json.loads(theirs.read_text()).get("chat_template") if theirs.is_file() else None
+        data.pop("chat_template", None)
+        if template is not None:
+            data["chat_template"] = template
+        _write_json(folder / "tokenizer_config.json", data)
+        for name in ("chat_template.jinja", "chat_template.json"):  # the donor's own template must not win
+            if not (source / name).is_file():
+                (folder / name).unlink(missing_ok=True)
+
+
 def _model_config(config: dict, plan: MergePlan) -> dict:
     out = dict(config)
+    if plan.vocab:
+        out["vocab_size"] = plan.vocab.rows + plan.vocab.extra
     dtypes = {job.out_dtype for job in plan.jobs if job.out_dtype in _DTYPE_NAMES}
     if len(dtypes) == 1:
         name = _DTYPE_NAMES[dtypes.pop()]
@@ -56,12 +79,19 @@ def _portable_recipe(plan: MergePlan) -> dict:
     recipe = {"merge_method": config.method}
     if config.base:
         recipe["base_model"] = config.base.name
-    recipe["models"] = [{"model": m.path.name, **({"parameters": m.parameters} if m.parameters else {})} for m in config.models]
+    models = [{"model": m.path.name, **({"parameters": m.parameters} if m.parameters else {})} for m in config.models]
+    if config.slice_parameters:
+        sources = [{**m, "layer_range": [0, plan.num_layers]} for m in models]
+        recipe["slices"] = [{"sources": sources, "parameters": config.slice_parameters}]
+    else:
+        recipe["models"] = models
     if config.parameters:
         recipe["parameters"] = config.parameters
     for key in ("dtype", "out_dtype"):
         if getattr(config, key):
             recipe[key] = getattr(config, key)
+    if config.tokenizer_union:
+        recipe["tokenizer_source"] = "union"
     return recipe
 
 
@@ -72,13 +102,19 @@ def _report(plan: MergePlan, reports: list[dict]) -> dict:
         entry = {k: v for k, v in by_name[job.name].items() if k != "name"}
         tensors[job.name] = entry
     branches = [r.get("branch") for r in reports if r.get("branch")]
-    return {
+    report = {
         "method": plan.config.method,
         "parents": [p.name for p in plan.config.parents],
         "num_layers": plan.num_layers,
+        "options": {k: v for k, v in plan.options.items() if v is not None},
         "branch_counts": {b: branches.count(b) for b in sorted(set(branches))},
+        "nonfinite": {name: entry["nonfinite"] for name, entry in tensors.items() if entry.get("nonfinite")},
         "tensors": tensors,
     }
+    if plan.vocab:
+        report["vocabulary"] = {"merged_rows": plan.vocab.rows, "copied_rows": plan.vocab.extra,
+                                "copied_from": plan.vocab.donor.name, "added_tokens": list(plan.vocab.added_tokens)}
+    return report
 
 
 def model_card(plan: MergePlan, reports: list[dict]) -> str:
@@ -100,7 +136,7 @@ def model_card(plan: MergePlan, reports: list[dict]) -> str:
     ]
     if config.method == "slerp":
         lines += ["", "## Schedule", "", "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
-                  "```yaml", yaml.safe_dump({"t": config.parameters["t"]}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
+                  "```yaml", yaml.safe_dump({"t": config.parameters.get("t", config.slice_parameters.get("t"))}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
                   f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear (nearly colinear tensors). "
                   "Per-tensor t, cosine and branch are in `merge_report.json`."]
     lines += ["", "## Recipe", "", "```yaml", recipe, "```", ""]
@@ -108,4 +144,5 @@ def model_card(plan: MergePlan, reports: list[dict]) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a NaN or infinity anywhere is a bug (reports use null for them)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

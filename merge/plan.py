@@ -6,6 +6,10 @@ counts, filters), every tensor gets its method parameters, and every output
 tensor gets its shard and byte offset. Because safetensors headers depend only on
 names, dtypes and shapes, the output headers are written before any data exists,
 which is what lets workers write their tensors in place and in any order.
+
+Parameters resolve as mergekit 0.1.5 resolves them: a model's own `parameters`, then
+the slice's, then the top-level ones, the first that yields a value for the tensor
+winning (a filter list that matches nothing falls through), then mergekit's default.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CONFIG_DTYPE_NAMES, DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
-from .config import ConfigError, MergeConfig
+from .config import BOOL_PARAMETERS, DEFAULTS, ConfigError, MergeConfig, ModelSpec
 from .schedule import depth_position, filters_of, resolve_value
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
 _VOCAB_HINTS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
+RANDOM_METHODS = ("dare_ties", "dare_linear")
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,29 @@ class TensorJob:
 
     name: str
     method: str
-    sources: tuple[TensorInfo, ...]  # base first (when the method has one), then the others
+    sources: tuple[TensorInfo, ...]  # base first (when the method has one), then the others; the merged rows
     params: dict[str, Any]  # resolved scalars: t, or weights/densities per source, lambda, ...
     out_dtype: str
     shard: int
     out_offset: int  # absolute byte offset in the output shard
     out_nbytes: int
+    shape: tuple[int, ...] = ()  # of the output (more rows than the sources when `tail` is set)
+    tail: TensorInfo | None = None  # rows appended by one parent's grown vocabulary, copied after the merged rows
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return self.sources[0].shape
+    def numel(self) -> int:
+        """Elements computed by the method (the tail is copied)."""
+        return self.sources[0].numel
+
+
+@dataclass(frozen=True)
+class VocabUnion:
+    """tokenizer_source: union, for parents whose vocabularies differ only by appended tokens."""
+
+    rows: int  # N: the rows every parent has (and merges)
+    extra: int  # k: rows [N, N + k) exist in the larger parents only and are copied from `donor`
+    donor: Path  # the first parent (in source order) with the larger vocabulary: tokenizer and rows come from it
+    added_tokens: tuple[str, ...]
 
 
 @dataclass
@@ -52,6 +70,8 @@ class MergePlan:
     shard_names: list[str]
     shard_headers: list[bytes] = field(repr=False)
     shard_sizes: list[int]
+    vocab: VocabUnion | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # precise, random_seed, ...
 
     @property
     def total_bytes(self) -> int:
@@ -59,23 +79,38 @@ class MergePlan:
 
     @property
     def read_bytes(self) -> int:
-        return sum(s.nbytes for job in self.jobs for s in job.sources)
+        return sum(s.nbytes for job in self.jobs for s in job.sources) + sum(j.tail.nbytes for j in self.jobs if j.tail)
 
 
-def build_plan(config: MergeConfig, shard_size: int = DEFAULT_SHARD_SIZE) -> MergePlan:
+def build_plan(config: MergeConfig, shard_size: int = DEFAULT_SHARD_SIZE, *, precise: bool = False,
+               mergekit_sort: bool = False, random_seed: int = 0) -> MergePlan:
     checkpoints = {path: open_checkpoint(path) for path in config.parents}
     base = checkpoints[config.parents[0]]
-    num_layers = _check_parents(config, checkpoints)
+    num_layers, vocab = _check_parents(config, checkpoints)
     _check_filters(config, base)
+    order = _source_order(config)
     jobs_spec = []
     for name in sorted(base.tensors):
-        sources = tuple(checkpoints[p].tensors[name] for p in _source_order(config))
+        infos = [checkpoints[p].tensors[name] for p in order]
+        tail = None
+        if vocab is not None and _is_vocab_tensor(name, infos):
+            tail = checkpoints[vocab.donor].tensors[name].rows(vocab.rows, vocab.rows + vocab.extra)
+            infos = [info.rows(0, vocab.rows) for info in infos]
+        sources = tuple(infos)
         out_dtype = _output_dtype(config, sources[0])
-        params = _tensor_params(config, name, num_layers)
+        params = _tensor_params(config, name, num_layers, sources[0].dtype)
+        if config.method != "slerp":
+            params["precise"] = precise
+        if config.method == "ties" and mergekit_sort:
+            params["mergekit_sort"] = True
         method = config.method if sources[0].dtype in FLOAT_DTYPES else "copy"
-        jobs_spec.append((name, method, sources, params, out_dtype))
+        shape = (sources[0].shape[0] + tail.shape[0], *sources[0].shape[1:]) if tail else sources[0].shape
+        jobs_spec.append((name, method, sources, params, out_dtype, shape, tail))
     jobs, names, headers, sizes = _layout(jobs_spec, shard_size)
-    return MergePlan(config, checkpoints, num_layers, jobs, names, headers, sizes)
+    options = {"precise": precise if config.method != "slerp" else None,
+               "mergekit_sort": mergekit_sort if config.method == "ties" else None,
+               "random_seed": random_seed if config.method in RANDOM_METHODS else None}
+    return MergePlan(config, checkpoints, num_layers, jobs, names, headers, sizes, vocab, options)
 
 
 def _source_order(config: MergeConfig) -> list[Path]:
@@ -84,7 +119,11 @@ def _source_order(config: MergeConfig) -> list[Path]:
     return [config.base] + [m.path for m in config.others()]
 
 
-def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> int:
+def _is_vocab_tensor(name: str, infos: list[TensorInfo]) -> bool:
+    return any(h in name for h in _VOCAB_HINTS) and len({i.shape[0] for i in infos if i.shape}) > 1
+
+
+def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> tuple[int, VocabUnion | None]:
     base_path = config.parents[0]
     base = checkpoints[base_path]
     num_layers = base.num_layers
@@ -94,14 +133,18 @@ def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> 
                 f"model {model.path}: layer_range {list(model.layer_range)} must cover all {num_layers} layers "
                 f"([0, {num_layers}]) — partial slices are layer surgery, not a merge"
             )
+    hint = ("; if one parent only appended tokens (e.g. a pad token), set tokenizer_source: union to merge the "
+            "common rows and copy the new ones from that parent")
+    vocab_rows: dict[Path, int] = {}
     for path, other in checkpoints.items():
         if path == base_path:
             continue
         if other.num_layers != num_layers:
             raise CheckpointError(f"different layer counts: {base_path} has {num_layers} layers, {path} has {other.num_layers} (num_hidden_layers)")
         vocab_a, vocab_b = base.config.get("vocab_size"), other.config.get("vocab_size")
-        if vocab_a != vocab_b:
-            raise CheckpointError(f"differing vocabulary sizes: {base_path / 'config.json'} has vocab_size {vocab_a}, {path / 'config.json'} has {vocab_b}; refusing to truncate")
+        if vocab_a != vocab_b and not config.tokenizer_union:
+            raise CheckpointError(f"differing vocabulary sizes: {base_path / 'config.json'} has vocab_size {vocab_a}, "
+                                  f"{path / 'config.json'} has {vocab_b}; refusing to truncate{hint}")
         only_base = sorted(set(base.tensors) - set(other.tensors))
         only_other = sorted(set(other.tensors) - set(base.tensors))
         if only_base or only_other:
@@ -109,13 +152,87 @@ def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> 
             raise CheckpointError(f"tensor {name!r} is in {holder} but not in {lacking} ({len(only_base) + len(only_other)} such tensors)")
         for name, a in base.tensors.items():
             b = other.tensors[name]
-            if a.shape != b.shape:
-                kind = "differing vocabulary sizes: " if any(h in name for h in _VOCAB_HINTS) else "shape mismatch: "
-                raise CheckpointError(f"{kind}tensor {name!r} is {list(a.shape)} in {a.file} but {list(b.shape)} in {b.file}")
             if a.dtype != b.dtype:
                 raise CheckpointError(f"dtype mismatch: tensor {name!r} is {a.dtype} in {a.file} but {b.dtype} in {b.file}")
-        _check_tokenizers(base_path, path)
-    return num_layers
+            if a.shape == b.shape:
+                continue
+            vocab_like = any(h in name for h in _VOCAB_HINTS) and len(a.shape) == len(b.shape) and a.shape[1:] == b.shape[1:]
+            if not vocab_like:
+                raise CheckpointError(f"shape mismatch: tensor {name!r} is {list(a.shape)} in {a.file} but {list(b.shape)} in {b.file}")
+            if not config.tokenizer_union:
+                raise CheckpointError(f"differing vocabulary sizes: tensor {name!r} is {list(a.shape)} in {a.file} but "
+                                      f"{list(b.shape)} in {b.file}{hint}")
+            vocab_rows.setdefault(base_path, a.shape[0])
+            vocab_rows.setdefault(path, b.shape[0])
+    if not vocab_rows:
+        for path in checkpoints:
+            if path != base_path:
+                _check_tokenizers(base_path, path)
+        return num_layers, None
+    return num_layers, _vocab_union(config, checkpoints, vocab_rows)
+
+
+def _vocab_union(config: MergeConfig, checkpoints: dict[Path, Checkpoint], seen: dict[Path, int]) -> VocabUnion:
+    """Check that the parents' vocabularies differ only by tokens appended to a common prefix."""
+    rows = {}
+    for path, checkpoint in checkpoints.items():
+        counts = {info.shape[0] for name, info in checkpoint.tensors.items()
+                  if any(h in name for h in _VOCAB_HINTS) and info.shape}
+        if len(counts) != 1:
+            raise CheckpointError(f"{path}: its vocabulary tensors disagree on the vocabulary size ({sorted(counts)} rows)")
+        rows[path] = counts.pop()
+        declared = checkpoint.config.get("vocab_size")
+        if declared is not None and declared != rows[path]:
+            raise CheckpointError(f"{path / 'config.json'}: vocab_size {declared} but its embeddings have {rows[path]} rows")
+    sizes = sorted(set(rows.values()))
+    if len(sizes) != 2:
+        listing = ", ".join(f"{p} has {n}" for p, n in rows.items())
+        raise CheckpointError(f"tokenizer_source: union merges parents with two vocabulary sizes (one grown by appended tokens); {listing} rows")
+    small, large = sizes
+    order = _source_order(config)
+    donor = next(p for p in order if rows[p] == large)
+    reference = next(p for p in order if rows[p] == small)
+    vocab_small, vocab_large = _token_ids(reference), _token_ids(donor)
+    for path in checkpoints:
+        same_size = donor if rows[path] == large else reference
+        if path != same_size:
+            _check_tokenizers(same_size, path)
+    for token, index in vocab_small.items():
+        if vocab_large.get(token) != index:
+            raise CheckpointError(f"tokenizers differ: {reference / 'tokenizer.json'} has {token!r} at id {index} but "
+                                  f"{donor / 'tokenizer.json'} has it at {vocab_large.get(token)}; union merges only "
+                                  "vocabularies that differ by appended tokens")
+    if max(vocab_small.values(), default=-1) >= small:
+        raise CheckpointError(f"{reference / 'tokenizer.json'}: token ids up to {max(vocab_small.values())} but the "
+                              f"embeddings have {small} rows")
+    added = sorted((index, token) for token, index in vocab_large.items() if token not in vocab_small)
+    if any(index < small or index >= large for index, _ in added):
+        bad = next((i, t) for i, t in added if i < small or i >= large)
+        raise CheckpointError(f"tokenizers differ: {donor / 'tokenizer.json'} adds {bad[1]!r} at id {bad[0]}, not in the "
+                              f"appended rows [{small}, {large}); union merges only vocabularies grown by appended tokens")
+    model_a, model_b = _tokenizer_model(reference), _tokenizer_model(donor)
+    if model_a != model_b:
+        raise CheckpointError(f"tokenizers differ: {reference / 'tokenizer.json'} and {donor / 'tokenizer.json'} have "
+                              "different merges or model settings; union merges only vocabularies grown by appended tokens")
+    return VocabUnion(rows=small, extra=large - small, donor=donor, added_tokens=tuple(t for _, t in added))
+
+
+def _token_ids(folder: Path) -> dict[str, int]:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; tokenizer_source: union needs each parent's tokenizer.json to check "
+                              "that one vocabulary only appends tokens to the other")
+    data = json.loads(path.read_text())
+    ids = dict(data.get("model", {}).get("vocab") or {})
+    for token in data.get("added_tokens", []):
+        ids[token.get("content")] = token.get("id")
+    return ids
+
+
+def _tokenizer_model(folder: Path) -> str:
+    model = dict(json.loads((folder / "tokenizer.json").read_text()).get("model", {}))
+    model.pop("vocab", None)
+    return json.dumps(model, sort_keys=True)
 
 
 def _check_tokenizers(path_a: Path, path_b: Path) -> None:
@@ -141,6 +258,7 @@ def _tokenizer_identity(path: Path) -> tuple:
 
 def _check_filters(config: MergeConfig, base: Checkpoint) -> None:
     specs = [("parameters." + key, spec) for key, spec in config.parameters.items()]
+    specs += [("slices[0].parameters." + key, spec) for key, spec in config.slice_parameters.items()]
     specs += [(f"{m.path.name}.parameters.{key}", spec) for m in config.models for key, spec in m.parameters.items()]
     for where, spec in specs:
         for pattern in filters_of(spec):
@@ -155,29 +273,59 @@ def _output_dtype(config: MergeConfig, source: TensorInfo) -> str:
     return CONFIG_DTYPE_NAMES[chosen] if chosen else source.dtype
 
 
-def _tensor_params(config: MergeConfig, name: str, num_layers: int) -> dict[str, Any]:
+def resolve_parameter(config: MergeConfig, name: str, key: str, position: float, model: ModelSpec | None = None) -> Any:
+    """mergekit's precedence: the model's own setting, the slice's, the top level's; a setting whose
+    filters match nothing falls through to the next; then the method's default."""
+    scopes = ([model.parameters] if model is not None else []) + [config.slice_parameters, config.parameters]
+    for scope in scopes:
+        if key in scope:
+            try:
+                value = resolve_value(name, scope[key], position)
+            except ValueError as error:
+                raise ConfigError(f"parameter {key!r}: {error}") from None
+            if value is not None:
+                return _typed(key, value)
+    default = DEFAULTS.get(key)
+    if isinstance(default, dict):
+        default = default.get(config.method)
+    if default is None:
+        where = f"{model.path.name}.{name}" if model is not None else name
+        raise ConfigError(f"parameter {key!r}: nothing gives a value for {where} and {config.method} has no default for it")
+    return default
+
+
+def _typed(key: str, value: Any) -> Any:
+    if key in BOOL_PARAMETERS:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, (bool, int, float)):
+            raise ConfigError(f"parameter {key!r}: {value!r} is not a boolean")
+        return bool(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"parameter {key!r}: {value!r} is not a number")
+    return float(value)
+
+
+def _tensor_params(config: MergeConfig, name: str, num_layers: int, source_dtype: str) -> dict[str, Any]:
     position = depth_position(name, num_layers)
-
-    def value(spec, key):
-        result = resolve_value(name, spec, position)
-        if result is None:
-            raise ConfigError(f"parameter {key!r}: no entry matches tensor {name!r} and there is no default entry")
-        return result
-
+    dtype = CONFIG_DTYPE_NAMES[config.dtype] if config.dtype else source_dtype  # inputs are cast to it before merging
     if config.method == "slerp":
-        t = float(value(config.parameters["t"], "t"))
+        t = resolve_parameter(config, name, "t", position)
         if not 0.0 <= t <= 1.0:
             raise ConfigError(f"t = {t} for tensor {name!r} is outside [0, 1]")
-        dtype = CONFIG_DTYPE_NAMES[config.dtype] if config.dtype else None  # inputs are cast to it before merging
         return {"t": t, "dtype": dtype}
-    params: dict[str, Any] = {
-        "normalize": bool(value(config.parameters.get("normalize", config.method in ("linear", "ties", "dare_ties")), "normalize")),
-        "lambda": float(value(config.parameters.get("lambda", 1.0), "lambda")),
-        "seed": int(value(config.parameters.get("seed", 0), "seed")),
-    }
     contributors = config.models if config.method == "linear" else config.others()
-    params["weights"] = [float(value(m.parameters.get("weight", config.parameters.get("weight", 1.0)), "weight")) for m in contributors]
-    params["densities"] = [float(value(m.parameters.get("density", config.parameters.get("density", 1.0)), "density")) for m in contributors]
+    params: dict[str, Any] = {"dtype": dtype,
+                              "weights": [resolve_parameter(config, name, "weight", position, m) for m in contributors]}
+    params["normalize"] = resolve_parameter(config, name, "normalize", position)
+    if config.method == "linear":
+        return params
+    for key in ("rescale", "lambda", "int8_mask"):
+        params[key] = resolve_parameter(config, name, key, position)
+    params["densities"] = [resolve_parameter(config, name, "density", position, m) for m in contributors]
+    for model, density in zip(contributors, params["densities"]):
+        if not 0.0 < density <= 1.0:
+            raise ConfigError(f"model {model.path}: density {density} for tensor {name!r} is outside (0, 1]")
     return params
 
 
@@ -186,7 +334,7 @@ def _layout(jobs_spec, shard_size: int):
     groups: list[list] = [[]]
     current = 0
     for spec in jobs_spec:
-        nbytes = _nbytes(spec[2][0].shape, spec[4])
+        nbytes = _nbytes(spec[5], spec[4])
         if groups[-1] and current + nbytes > shard_size:
             groups.append([])
             current = 0
@@ -197,8 +345,8 @@ def _layout(jobs_spec, shard_size: int):
     jobs, headers, sizes = [], [], []
     for shard, group in enumerate(groups):
         entries, offset = {"__metadata__": {"format": "pt"}}, 0
-        for (name, _m, sources, _p, out_dtype), nbytes in group:
-            entries[name] = {"dtype": out_dtype, "shape": list(sources[0].shape), "data_offsets": [offset, offset + nbytes]}
+        for (name, _m, _s, _p, out_dtype, shape, _t), nbytes in group:
+            entries[name] = {"dtype": out_dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         header = json.dumps(entries, separators=(",", ":")).encode()
         header += b" " * (-(8 + len(header)) % 8)
@@ -206,8 +354,8 @@ def _layout(jobs_spec, shard_size: int):
         headers.append(prefix)
         sizes.append(len(prefix) + offset)
         offset = 0
-        for (name, method, sources, params, out_dtype), nbytes in group:
-            jobs.append(TensorJob(name, method, sources, params, out_dtype, shard, len(prefix) + offset, nbytes))
+        for (name, method, sources, params, out_dtype, shape, tail), nbytes in group:
+            jobs.append(TensorJob(name, method, sources, params, out_dtype, shard, len(prefix) + offset, nbytes, tuple(shape), tail))
             offset += nbytes
     return jobs, names, headers, sizes
 
@@ -223,11 +371,18 @@ def format_plan(plan: MergePlan) -> str:
     """The dry run: one line per tensor with method, t (or weights), sources and output shard."""
     lines = [f"# {plan.config.method} of {', '.join(str(p) for p in plan.config.parents)}; {plan.num_layers} layers; "
              f"{len(plan.jobs)} tensors, {plan.total_bytes / 1e9:.3f} GB out in {len(plan.shard_names)} shard(s)"]
+    if plan.vocab:
+        lines.append(f"# tokenizer_source: union — rows [0, {plan.vocab.rows}) merged, rows [{plan.vocab.rows}, "
+                     f"{plan.vocab.rows + plan.vocab.extra}) copied from {plan.vocab.donor.name} ({', '.join(plan.vocab.added_tokens)})")
     for job in plan.jobs:
         if "t" in job.params:
             what = f"t={job.params['t']:.6g}"
         else:
-            what = "w=" + ",".join(f"{w:g}" for w in job.params.get("weights", [])) + " d=" + ",".join(f"{d:g}" for d in job.params.get("densities", []))
+            what = "w=" + ",".join(f"{w:g}" for w in job.params.get("weights", []))
+            if "densities" in job.params:
+                what += " d=" + ",".join(f"{d:g}" for d in job.params["densities"])
         srcs = " + ".join(f"{s.file.parent.name}/{s.file.name}" for s in job.sources)
+        if job.tail is not None:
+            srcs += f" (+{job.tail.shape[0]} rows from {job.tail.file.parent.name})"
         lines.append(f"{job.name}\t{job.method}\t{what}\t{srcs}\t-> {plan.shard_names[job.shard]}")
     return "\n".join(lines)

@@ -53,6 +53,8 @@ def resolve_value(tensor_name: str, spec: Any, position: float) -> Any:
         raise ValueError(f"a parameter must be a number, a list of numbers or a list of filter entries, got {spec!r}")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
         return gradient_value(list(spec), position)
+    if all(isinstance(v, (bool, int, float, str)) for v in spec):  # booleans (or labels) are picked, not interpolated
+        return spec[min(int(position * (len(spec) - 1)), len(spec) - 1)]
     for entry in spec:
         if not isinstance(entry, dict) or "value" not in entry:
             raise ValueError(f"filter entries need a 'value' key, got {entry!r}")

@@ -1,11 +1,17 @@
-"""Parity with mergekit 0.1.5 (run under OMP_NUM_THREADS=1): the default SLERP is bit-identical
-to it, tensor by tensor, with the same branch; endpoints are byte copies of one parent.
+"""Parity with mergekit 0.1.5 (run under OMP_NUM_THREADS=1).
 
-Two pairs: the shared tiny 4-layer pair, and a 3-layer pair whose MLP matrices exceed one
-1,048,576-element reduction chunk, with an all-zero tensor (in both parents) and a tensor
-that is zero in the base only."""
+SLERP is bit-identical to it, tensor by tensor, with the same branch; endpoints are byte
+copies of one parent. Two pairs: the shared tiny 4-layer pair, and a 3-layer pair whose MLP
+matrices exceed one 1,048,576-element reduction chunk, with an all-zero tensor (in both
+parents) and a tensor that is zero in the base only.
+
+linear, task_arithmetic, ties, dare_ties and dare_linear are bit-identical to it for pairs
+and triples, dtype bfloat16 and float32, with out_dtype, mergekit's defaults and per-filter
+and gradient parameters (DARE with the same --random-seed; TIES with --mergekit-sort, and
+without it differing only where equal magnitudes meet the density cut)."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +24,7 @@ import yaml
 from conftest import PAPER_T, derive_model, load_tensors, random_mistral, slerp_config
 
 from hpcadapt_merge import run_merge
-from hpcadapt_merge.compare import compare
+from hpcadapt_merge.compare import compare, ordered
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("mergekit") is None, reason="mergekit is not installed (pip install mergekit==0.1.5)")]
@@ -98,3 +104,116 @@ def test_large_and_zero_tensors_and_endpoints_match_mergekit(big_pair, tmp_path)
     for name in endpoints:  # byte copies of one parent
         parent = base if report[name]["t"] == 0.0 else tuned
         assert torch.equal(ours[name].view(torch.int16), parent[name].view(torch.int16)), name
+
+
+# ---- linear, task arithmetic, TIES, DARE ----------------------------------------------------
+
+
+def mergekit_in_process(config: dict, out: Path, seed: int | None = None) -> Path:
+    """mergekit's own run_merge in this process (its imports once, not once per run)."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge as mergekit_run
+    from mergekit.options import MergeOptions
+
+    options = MergeOptions(random_seed=seed, quiet=True)
+    options.apply_global_options()  # seeds torch's generator as mergekit-yaml --random-seed does
+    mergekit_run(MergeConfiguration.model_validate(config), str(out), options)
+    return out
+
+
+def agreement(ours: Path, theirs: Path) -> tuple[float, int, dict]:
+    """(identical fraction, largest difference in ulps of the dtype, {tensor: differing mask})."""
+    mine, their = load_tensors(ours), load_tensors(theirs)
+    assert set(mine) == set(their)
+    total = same = worst = 0
+    differing = {}
+    for name, y in their.items():
+        x = mine[name]
+        assert x.dtype == y.dtype, name
+        equal = (x == y) | (x.isnan() & y.isnan())
+        total, same = total + x.numel(), same + int(equal.sum())
+        if not bool(equal.all()):
+            differing[name] = ~equal
+            bits = (lambda t: ordered(t)) if x.element_size() == 2 else (lambda t: t.view(torch.int32).long())
+            worst = max(worst, int((bits(x) - bits(y)).abs()[~equal].max()))
+    return same / total, worst, differing
+
+
+@pytest.fixture(scope="module")
+def float32_parents(models, tmp_path_factory):
+    """The tiny base and fine-tunes stored as float32 (recipes then cast them to their dtype)."""
+    root = tmp_path_factory.mktemp("float32-parents")
+    return {k: derive_model(v, root / k, 0.0, 0, dtype="float32") for k, v in models.items()}
+
+
+def gta_recipe(models, method, dtype="bfloat16", three=True, out_dtype=None, **params) -> dict:
+    weights = [{"filter": "self_attn", "value": 0.7}, {"filter": "mlp", "value": [0.2, 0.9]}, {"value": 0.5}]
+    entries = [{"model": str(models["tuned"]), "parameters": {"weight": weights, "density": [0.3, 0.8]}}]
+    if three:
+        entries.append({"model": str(models["other"]), "parameters": {"weight": 0.4, "density": 0.6}})
+    if method == "linear":
+        entries.insert(0, {"model": str(models["base"]), "parameters": {"weight": 0.3}})
+    if method in ("linear", "task_arithmetic"):
+        for entry in entries:
+            entry["parameters"].pop("density", None)
+    recipe = {"merge_method": method, "models": entries, "dtype": dtype, "parameters": params}
+    if method != "linear":
+        recipe["base_model"] = str(models["base"])
+    if out_dtype:
+        recipe["out_dtype"] = out_dtype
+    return recipe
+
+
+CASES = [  # method, dtype, three parents, out_dtype, parameters beyond mergekit's defaults
+    ("linear", "bfloat16", True, None, {}),
+    ("linear", "float32", False, "bfloat16", {"normalize": False}),
+    ("task_arithmetic", "bfloat16", True, None, {"lambda": 0.8}),
+    ("task_arithmetic", "float32", False, "bfloat16", {"normalize": True}),
+    ("ties", "bfloat16", True, None, {"int8_mask": True}),
+    ("ties", "float32", True, "bfloat16", {"lambda": [0.5, 1.0], "rescale": True}),
+    ("ties", "bfloat16", False, "float32", {"normalize": False}),
+    ("dare_ties", "bfloat16", True, None, {"int8_mask": True}),
+    ("dare_ties", "float32", False, "bfloat16", {"rescale": False, "normalize": True}),
+    ("dare_linear", "bfloat16", False, "float32", {}),
+    ("dare_linear", "float32", True, None, {"lambda": 1.2}),
+]
+
+
+@pytest.mark.parametrize("method, dtype, three, out_dtype, params", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{'triple' if c[2] else 'pair'}-{c[3] or 'same'}" for c in CASES])
+def test_method_is_bit_identical_to_mergekit(models, tmp_path, method, dtype, three, out_dtype, params):
+    recipe = gta_recipe(models, method, dtype, three, out_dtype, **params)
+    seed = 17 if method.startswith("dare") else None
+    theirs = mergekit_in_process(recipe, tmp_path / "mergekit", seed)
+    run_merge(recipe, tmp_path / "ours", workers=2, progress=False, fsync=False, random_seed=seed,
+              mergekit_sort=method == "ties")
+    identical, worst, _ = agreement(tmp_path / "ours", theirs)
+    assert (identical, worst) == (1.0, 0)
+
+
+def test_float32_parents_cast_to_bfloat16_match_mergekit(float32_parents, tmp_path):
+    recipe = gta_recipe(float32_parents, "dare_ties", "bfloat16", True)
+    theirs = mergekit_in_process(recipe, tmp_path / "mergekit", 5)
+    run_merge(recipe, tmp_path / "ours", progress=False, fsync=False, random_seed=5)
+    assert agreement(tmp_path / "ours", theirs)[:2] == (1.0, 0)
+
+
+def test_ties_default_differs_from_mergekit_only_at_ties_of_the_cut(models, tmp_path):
+    """Without --mergekit-sort, among equal magnitudes at the density cut the earliest are kept;
+    mergekit keeps whichever its unstable sort puts first. Every differing element is such a tie."""
+    recipe = gta_recipe(models, "ties", "bfloat16", True)
+    theirs = mergekit_in_process(recipe, tmp_path / "mergekit")
+    run_merge(recipe, tmp_path / "ours", progress=False, fsync=False)
+    identical, _, differing = agreement(tmp_path / "ours", theirs)
+    assert 0.9 < identical < 1.0
+    report = json.loads((tmp_path / "ours" / "merge_report.json").read_text())["tensors"]
+    parents = [load_tensors(models[k]) for k in ("base", "tuned", "other")]
+    for name, mask in differing.items():
+        base = parents[0][name]
+        at_cut = torch.zeros_like(mask)
+        for index, parent in enumerate(parents[1:]):
+            magnitude = (parent[name] - base).abs().float().reshape(-1)
+            k = max(1, int(report[name]["densities"][index] * magnitude.numel()))
+            cut = torch.sort(magnitude, descending=True).values[k - 1]
+            at_cut |= (magnitude == cut).reshape(mask.shape)
+        assert bool(at_cut[mask].all()), name

@@ -1,4 +1,5 @@
-"""Each method's math against a direct float64 reference computation."""
+"""SLERP against a direct float64 reference; the pieces of task arithmetic, TIES and DARE
+(methods/gta.py) against torch's own operations."""
 
 import math
 
@@ -6,11 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpcadapt_merge.methods.dare import dare, random_drop
-from hpcadapt_merge.methods.linear import linear
+from hpcadapt_merge.methods import gta
 from hpcadapt_merge.methods.slerp import slerp, slerp_with_stats
-from hpcadapt_merge.methods.task_arithmetic import task_arithmetic
-from hpcadapt_merge.methods.ties import magnitude_trim, ties
 
 
 def reference_slerp(a: np.ndarray, b: np.ndarray, t: float):
@@ -69,31 +67,60 @@ def test_slerp_cosine_stays_accurate_on_a_large_tensor():
     assert abs(cos - exact) < 2e-6
 
 
-def test_linear_and_task_arithmetic_match_the_formulas():
-    xs = [torch.randn(100, dtype=torch.float64) for _ in range(3)]
-    w = [0.2, 0.5, 0.3]
-    assert torch.allclose(linear(xs, w, normalize=True), sum(x * wi for x, wi in zip(xs, w)) / sum(w))
-    assert torch.allclose(linear(xs, [1, 1, 1], normalize=False), xs[0] + xs[1] + xs[2])
-    base = torch.randn(100, dtype=torch.float64)
-    expected = base + 0.7 * (0.2 * (xs[0] - base) + 0.5 * (xs[1] - base))
-    assert torch.allclose(task_arithmetic(base, xs[:2], w[:2], lam=0.7), expected)
+def test_linear_is_a_fused_multiply_add_in_float32():
+    """mergekit's addcmul_: each weighted input is added with one rounding (an FMA), which matters
+    where the terms cancel."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(100_003, generator=g).bfloat16() for _ in range(3)]
+    weights = [0.3, 0.7, -0.45]
+    out = gta.linear_combine(xs, weights, normalize=True, precise=False)
+    w = [float(torch.tensor(v, dtype=torch.float32)) for v in weights]
+    acc = torch.zeros(100_003, dtype=torch.float64)
+    for x, v in zip(xs, w):  # a float64 product is exact here; one rounding to float32 per step
+        acc = (acc + x.double() * v).float().double()
+    expected = (acc.float() / torch.tensor(w).sum())
+    assert torch.equal(out, expected)
 
 
-def test_ties_trims_elects_and_averages_disjointly():
-    base = torch.zeros(6, dtype=torch.float64)
-    a = torch.tensor([3.0, -1.0, 0.1, 2.0, 0.0, -4.0], dtype=torch.float64)
-    b = torch.tensor([0.4, 2.0, -0.2, -3.0, 1.5, -1.0], dtype=torch.float64)
-    assert torch.equal(magnitude_trim(a, 0.5), torch.tensor([3.0, 0, 0, 2.0, 0, -4.0], dtype=torch.float64))
-    out = ties(base, [a, b], [1.0, 1.0], [0.5, 0.5], normalize=True)
-    # trimmed: a -> [3,0,0,2,0,-4], b -> [0,2,0,-3,1.5,0]; elected signs: + + 0 - + -
-    assert torch.allclose(out, torch.tensor([3.0, 2.0, 0.0, -3.0, 1.5, -4.0], dtype=torch.float64))
+def test_ties_sign_election_and_disjoint_mean():
+    base = torch.zeros(6)
+    deltas = [torch.tensor([3.0, 0.0, 0.0, 2.0, 0.0, -4.0]), torch.tensor([0.0, 2.0, 0.0, -3.0, 1.5, 0.0])]
+    out = gta.combine(base, deltas, torch.tensor([1.0, 1.0]), consensus=True, normalize=True, lam=1.0)
+    # elected signs: + + (0 -> +) - + -; entries of the other sign are left out of sum and divisor
+    assert torch.equal(out, torch.tensor([3.0, 2.0, 0.0, -3.0, 1.5, -4.0]))
+    plain = gta.combine(base, deltas, torch.tensor([0.5, 0.5]), consensus=False, normalize=False, lam=2.0)
+    assert torch.equal(plain, torch.tensor([3.0, 2.0, 0.0, -1.0, 1.5, -4.0]))
 
 
-def test_dare_is_seeded_and_rescales_survivors():
-    delta = torch.ones(100_000, dtype=torch.float64)
-    kept = random_drop(delta, 0.25, seed=7)
-    assert set(kept.unique().tolist()) == {0.0, 4.0}
-    assert abs(float((kept != 0).double().mean()) - 0.25) < 0.01
-    base, x = torch.zeros(1000, dtype=torch.float64), torch.randn(1000, dtype=torch.float64)
-    run = lambda seed: dare(base, [x], [1.0], [0.5], seed=seed, tensor_name="w", sign_election=False, normalize=False)
-    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+def test_bfloat16_weights_are_rounded_as_mergekit_holds_them():
+    assert float(gta.weights_tensor([0.6], torch.bfloat16)[0]) == 0.6015625
+
+
+def test_magnitude_keys_order_magnitudes_and_nan_first():
+    values = torch.tensor([0.5, -2.0, 0.0, -0.0, float("inf"), float("nan"), 1e-40, -3.0])
+    keys = gta.magnitude_keys(values)
+    order = torch.argsort(keys, descending=True, stable=True).tolist()
+    assert order == [5, 4, 7, 1, 0, 6, 2, 3]
+    assert int(keys[2]) == int(keys[3]) == 0
+
+
+def test_cut_from_histogram_finds_the_kth_largest_bucket():
+    counts = [5, 0, 3, 2]  # ascending keys: 2 entries in bucket 3, 3 in bucket 2, ...
+    assert gta.cut_from_histogram(counts, 1) == (3, 0, 1)
+    assert gta.cut_from_histogram(counts, 4) == (2, 2, 2)
+    assert gta.cut_from_histogram(counts, 6) == (0, 5, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dare_draws_are_torch_bernoulli(dtype):
+    """One 32-bit Mersenne Twister output per element, kept when its low 24 bits / 2^24 < p."""
+    n, density, seed = 50_000, 0.3, 1234
+    generator = torch.Generator().manual_seed(seed)
+    theirs = torch.bernoulli(torch.full((n,), density, dtype=dtype), generator=generator).bool()
+    legacy = np.random.RandomState(seed).get_state()
+    bits = np.random.MT19937()
+    bits.state = {"bit_generator": "MT19937", "state": {"key": legacy[1], "pos": legacy[2]}}
+    draws = np.random.Generator(bits).integers(0, 1 << 32, size=n, dtype=np.uint32) & 0xFFFFFF
+    ours = torch.from_numpy(draws < gta.keep_threshold(density, dtype))
+    assert torch.equal(ours, theirs)
+    assert abs(float(ours.float().mean()) - float(torch.tensor(density, dtype=dtype))) < 0.01
