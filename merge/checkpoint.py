@@ -210,11 +210,13 @@ def _entry(shard: Path, name: str, entry, data_start: int) -> TensorInfo:
 def _check_tiling(shard: Path, spans: list, data_start: int, size: int) -> None:
     """Byte ranges must follow each other from 0 to the end of the file (safetensors' rule)."""
     data_size = size - data_start
+    ordered = sorted(spans, key=lambda s: (s[0], s[1]))
+    for (_, end_a, name_a), (begin, end, name) in zip(ordered, ordered[1:]):  # overlaps first: the worse fault
+        if begin < end_a:
+            raise CheckpointError(f"{shard}: tensor {name!r} data_offsets [{begin}, {end}] overlap tensor {name_a!r} "
+                                  f"(which ends at {end_a})")
     position, previous = 0, None
-    for begin, end, name in sorted(spans, key=lambda s: (s[0], s[1])):
-        if begin < position:
-            raise CheckpointError(f"{shard}: tensor {name!r} data_offsets [{begin}, {end}] overlap tensor {previous!r} "
-                                  f"(which ends at {position})")
+    for begin, end, name in ordered:
         if begin > position:
             after = f"after tensor {previous!r}" if previous else "at the start of the data"
             raise CheckpointError(f"{shard}: gap of {begin - position} bytes {after}, before tensor {name!r} "

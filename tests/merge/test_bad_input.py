@@ -130,3 +130,68 @@ def test_hub_ids_are_refused_and_relative_paths_resolve(models, tmp_path, monkey
     config = slerp_config({k: v.name for k, v in models.items()}, t=0.5)
     summary = run_merge(config, tmp_path / "out", progress=False)
     assert summary.tensors > 0
+
+
+def rewrite_header(folder, edit=None, raw_edit=None, extra_bytes=b""):
+    """Rewrite model.safetensors's JSON header (data bytes untouched) through `edit` (on the dict)
+    or `raw_edit` (on the JSON text)."""
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    if edit:
+        edit(header)
+    text = json.dumps(header)
+    if raw_edit:
+        text = raw_edit(text)
+    encoded = text.encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length :] + extra_bytes)
+
+
+Q, O = "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.o_proj.weight"
+
+
+def test_overlapping_data_offsets(models, tmp_path, broken):
+    rewrite_header(broken, lambda h: h[O].update(data_offsets=h[Q]["data_offsets"]))  # o_proj reads q_proj's bytes
+    assert_fails(models, tmp_path, broken, CheckpointError, r"broken/model.safetensors: tensor '[^']+' data_offsets \[\d+, \d+\] overlap tensor")
+
+
+def test_gap_in_data_offsets(models, tmp_path, broken):
+    rewrite_header(broken, lambda h: h.pop(Q))  # its bytes stay, covered by no entry
+    assert_fails(models, tmp_path, broken, CheckpointError, r"broken/model.safetensors: gap of 8192 bytes after tensor '[^']+', before tensor")
+
+
+def test_data_offsets_not_matching_shape_and_dtype(models, tmp_path, broken):
+    rewrite_header(broken, lambda h: h[Q].update(shape=[64, 32]))
+    assert_fails(models, tmp_path, broken, CheckpointError, rf"broken/model.safetensors: tensor '{Q}' data_offsets \[\d+, \d+\] span 8192 bytes but BF16\[64, 32\] needs 4096")
+
+
+def test_duplicate_tensor_names(models, tmp_path, broken):
+    def duplicate(text):
+        entry = json.dumps({Q: json.loads(text)[Q]})[1:-1]
+        return text[:-1] + ", " + entry + "}"
+
+    rewrite_header(broken, raw_edit=duplicate)
+    assert_fails(models, tmp_path, broken, CheckpointError, rf"broken/model.safetensors: duplicate tensor name '{Q}'")
+
+
+def test_metadata_that_is_not_a_string_map(models, tmp_path, broken):
+    rewrite_header(broken, lambda h: h["__metadata__"].update(format=1))
+    assert_fails(models, tmp_path, broken, CheckpointError, r"broken/model.safetensors: header __metadata__ must map strings to strings, but key 'format' has a int value")
+
+
+def test_bytes_after_the_last_tensor(models, tmp_path, broken):
+    rewrite_header(broken, extra_bytes=b"\0" * 16)
+    assert_fails(models, tmp_path, broken, CheckpointError, r"broken/model.safetensors: 16 bytes after the last tensor .* not covered")
+
+
+def test_a_tensor_in_two_shards(models, tmp_path, broken):
+    weights = load_file(broken / "model.safetensors")
+    (broken / "model.safetensors").unlink()
+    names = sorted(weights)
+    save_file({k: weights[k] for k in names[:10]}, broken / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file({k: weights[k] for k in names[9:]}, broken / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: ("model-00001-of-00002.safetensors" if i < 10 else "model-00002-of-00002.safetensors") for i, k in enumerate(names)}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_fails(models, tmp_path, broken, CheckpointError, rf"model-00002-of-00002.safetensors: duplicate tensor name '{names[9]}': it is also in model-00001-of-00002.safetensors")
