@@ -145,7 +145,7 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
         norms_a.append(slerp.chunk_norm(fa.chunk(lo, hi)))
         norms_b.append(slerp.chunk_norm(fb.chunk(lo, hi)))
     norm_a, norm_b = slerp.total_norm(norms_a), slerp.total_norm(norms_b)
-    finite_in = math.isfinite(float(norm_a)) and math.isfinite(float(norm_b))  # a NaN or Inf makes its norm non-finite
+    finite_in = bool(torch.cat(norms_a + norms_b).isfinite().all())  # a NaN or Inf makes its chunk's norm non-finite
     if not finite_in:
         counts.inputs = [_count_source(s) for s in (a, b)]
         finite_in = not any(counts.inputs)  # else the squares overflowed: all finite after all
