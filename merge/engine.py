@@ -293,6 +293,7 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
         try:
             if workers == 1:
                 for job, extra in _dispatch(plan, todo):
+                    _test_delay()
                     finished(job, kernels.run_job(job, out_paths, extra))
             else:
                 _Workers(plan.jobs, out_paths, workers, staging).run(_dispatch(plan, todo), finished, sampler, len(done))
@@ -409,6 +410,7 @@ def _worker_main(conn, jobs: list[TensorJob], out_paths: list[str], parent: int)
             if message is None:
                 break
             index, extra = message
+            _test_delay()
             try:
                 report = kernels.run_job(jobs[index], out_paths, extra)
             except Exception as error:  # reported to the main process, which stops the merge
@@ -557,6 +559,14 @@ def _crash_point(label: str) -> None:
     way of interrupting a real run at an exact moment (never set in normal use)."""
     if os.environ.get("HPCADAPT_MERGE_KILL_AT") == label:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _test_delay() -> None:
+    """Sleep HPCADAPT_MERGE_TEST_DELAY seconds before each tensor: the process tests' way of making a
+    tiny merge last long enough to kill or interrupt it (never set in normal use)."""
+    delay = os.environ.get("HPCADAPT_MERGE_TEST_DELAY")
+    if delay:
+        time.sleep(float(delay))
 
 
 def _say(enabled: bool, message: str) -> None:
