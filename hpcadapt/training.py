@@ -301,6 +301,7 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
             gen.eos_token_id = stop_token_ids(gen, tokenizer)
             gen.save_pretrained(str(out))
         verify_saved(out, expected_parameters(trainer.model), spec)
+        store_in_dtype(out, spec["model_loading"]["dtype"])
         write_history(trainer.state.log_history, out, spec["name"])
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -357,21 +358,31 @@ def expected_parameters(model) -> int:
     return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
-def saved_parameters(model_dir: Path) -> int:
-    """Element count of every tensor in the folder's safetensors files (headers only)."""
-    total = 0
+def saved_headers(model_dir: Path) -> list[dict[str, Any]]:
+    """The tensor entries of every safetensors file in the folder (headers only)."""
+    entries = []
     for f in sorted(model_dir.glob("*.safetensors")):
         with f.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for d in info["shape"]:
-                count *= d
-            total += count
+        entries += [info for name, info in header.items() if name != "__metadata__"]
+    return entries
+
+
+def saved_parameters(model_dir: Path) -> int:
+    """Element count of every tensor in the folder's safetensors files."""
+    total = 0
+    for info in saved_headers(model_dir):
+        count = 1
+        for d in info["shape"]:
+            count *= d
+        total += count
     return total
+
+
+def saved_bytes(model_dir: Path) -> int:
+    """Bytes of tensor data in the folder's safetensors files (an index's `total_size`)."""
+    return sum(info["data_offsets"][1] - info["data_offsets"][0] for info in saved_headers(model_dir))
 
 
 def verify_saved(model_dir: Path, expected: int, spec: dict[str, Any]) -> None:
@@ -382,6 +393,38 @@ def verify_saved(model_dir: Path, expected: int, spec: dict[str, Any]) -> None:
             f"{expected:,}. Under ZeRO-3 set deepspeed.gather_16bit_weights_on_model_save=true, or consolidate "
             f"the checkpoint with DeepSpeed's zero_to_fp32."
         )
+
+
+def store_in_dtype(model_dir: Path, dtype: str) -> None:
+    """Store the saved weights in the model's configured dtype.
+
+    A GPU run trains and saves bf16 weights; a CPU run computes in float32 and would save
+    float32, so a CPU rehearsal would hand the merge a float32 parent beside the hub's
+    bf16 Instruct model. Casting here makes every stage folder look as it will on the
+    cluster. Only floating tensors are cast, shard by shard, each file replaced atomically.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        if all(t.dtype == target or not t.is_floating_point() for t in tensors.values()):
+            continue
+        cast = {k: t.to(target) if t.is_floating_point() else t for k, t in tensors.items()}
+        tmp = shard.with_name(f".{shard.name}.tmp")
+        save_file(cast, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, shard)
+    index_file = model_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        index.setdefault("metadata", {})["total_size"] = saved_bytes(model_dir)
+        write_json_atomic(index_file, index)
+    config_file = model_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    if config.get("dtype") != dtype:
+        config["dtype"] = dtype
+        write_json_atomic(config_file, config)
 
 
 def write_history(history: list[dict[str, Any]], out: Path, name: str) -> None:

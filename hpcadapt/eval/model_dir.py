@@ -15,8 +15,10 @@ class ModelDirError(ValueError):
     """A model folder that cannot be evaluated as it stands."""
 
 
-def check_model_dir(path: str | Path, name: str = "model") -> Path:
-    """Validate a complete HF model folder: config, safetensors weights, tokenizer, chat template."""
+def check_model_dir(path: str | Path, name: str = "model", require_template: bool = True) -> Path:
+    """Validate a complete HF model folder: config, safetensors weights, tokenizer, chat template.
+
+    `require_template=False` admits a Base model, which the benchmark asks in plain text."""
     folder = Path(path)
     label = f"{name} ({folder})"
     if not folder.is_dir():
@@ -27,7 +29,7 @@ def check_model_dir(path: str | Path, name: str = "model") -> Path:
         raise ModelDirError(f"{label}: no *.safetensors weights (weights are only loaded from safetensors)")
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise ModelDirError(f"{label}: no tokenizer (tokenizer.json or tokenizer.model)")
-    if chat_template_of(folder) is None:
+    if require_template and chat_template_of(folder) is None:
         raise ModelDirError(
             f"{label}: no chat template (chat_template.jinja or 'chat_template' in tokenizer_config.json); "
             "the benchmark prompt is applied through the model's own template and there is no silent fallback"

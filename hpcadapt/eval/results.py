@@ -124,7 +124,11 @@ class EvalResults:
                 if "generate" in self.protocols:
                     cells.append(f"{cell['unparseable']}/{cell['n']}")
             rows.append(cells)
-        return _markdown_table(header, rows)
+        table = _markdown_table(header, rows)
+        plain = [m for m, f in self.meta.get("prompt_format", {}).items() if f.startswith("plain")]
+        if plain:
+            table += f"\nAsked in plain text, having no chat template: {', '.join(sorted(plain))}.\n"
+        return table
 
     def to_dict(self) -> dict:
         return {

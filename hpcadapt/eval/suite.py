@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .benchmark import BenchmarkSet, load_benchmarks, read_heldout_texts
 from .model_dir import check_model_dir, load_model, load_tokenizer, pick_device
+from .prompts import prompt_format
 from .results import EvalResults
 
 PROTOCOLS = ("loglik", "generate")
@@ -36,7 +37,7 @@ def evaluate_models(
         raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {protocols}")
     if not models:
         raise ValueError("no models to evaluate")
-    folders = {name: check_model_dir(path, name) for name, path in models.items()}
+    folders = {name: check_model_dir(path, name, require_template=False) for name, path in models.items()}
     sets = load_benchmarks(list(benchmark_files))
     heldout = read_heldout_texts(heldout_file) if heldout_file else None
     device = pick_device(device)
@@ -51,6 +52,7 @@ def evaluate_models(
     for name, folder in folders.items():
         started = time.perf_counter()
         model, tokenizer = load_model(folder, device), load_tokenizer(folder)
+        results.meta.setdefault("prompt_format", {})[name] = prompt_format(tokenizer)
         records, ppl = evaluate_loaded(
             model, tokenizer, sets, heldout, protocols=protocols, batch_size=batch_size,
             max_new_tokens=max_new_tokens, label=name,

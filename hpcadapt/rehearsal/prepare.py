@@ -1,11 +1,12 @@
 """Build what a rehearsal (`scale=rehearsal`) runs on, before planning hashes it.
 
-`conf/scale/rehearsal.yaml` points `model.base` / `model.instruct` at
-`<output_root>/rehearsal/models/<family>/{base,instruct}` and `data_root` at
-`<output_root>/rehearsal/data`. This step makes those paths real: the stand-in models of
-`model.family` (hpcadapt/rehearsal/standins.py; the folder is a link to the build, whose
-name hashes what built it) and a stand-in for every dataset file of the experiment's
-mixes (hpcadapt/rehearsal/data.py). Model paths a user set elsewhere are left alone.
+The stand-in models of `model.family` (hpcadapt/rehearsal/standins.py) are built under
+`<output_root>/rehearsal/models/<family>`, a link to the build (whose name hashes what
+built it), and `model.base` / `model.instruct` are pointed at its `base` / `instruct`
+folders. `conf/scale/rehearsal.yaml` points `data_root` at `<output_root>/rehearsal/data`,
+where a stand-in of every dataset file of the experiment's mixes is written
+(hpcadapt/rehearsal/data.py). A model without a family (the tiny demo builds its own)
+is kept as it is.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ def prepare_rehearsal(cfg: Any) -> None:
 
 
 def build_standin_models(cfg: Any) -> None:
-    base, instruct = Path(cfg.model.base).expanduser(), Path(cfg.model.instruct).expanduser()
-    if base.name != "base" or instruct != base.with_name("instruct"):
-        return  # the user chose model folders of their own
+    if cfg.model.family is None:
+        return
     from hpcadapt.rehearsal.standins import FAMILIES, StandinShape, build_standins
 
     if cfg.model.family not in FAMILIES:
@@ -36,9 +36,11 @@ def build_standin_models(cfg: Any) -> None:
     scale = cfg.scale
     shape = StandinShape(hidden_size=scale.standin_hidden_size, intermediate_size=2 * scale.standin_hidden_size,
                          num_hidden_layers=scale.standin_layers)
-    link = base.parent
+    link = Path(cfg.output_root).expanduser().resolve() / "rehearsal" / "models" / cfg.model.family
     pair = build_standins(cfg.model.family, link.parent, shape)
     point_link(link, pair.base.parent)
+    cfg.model.base, cfg.model.instruct = str(link / "base"), str(link / "instruct")
+    cfg.model.base_revision = cfg.model.instruct_revision = None
 
 
 def point_link(link: Path, target: Path) -> None:

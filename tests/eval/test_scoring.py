@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from hpcadapt.eval.benchmark import BenchmarkError, read_benchmark_file
-from hpcadapt.eval.model_dir import ModelDirError, load_model, load_tokenizer
-from hpcadapt.eval.prompts import chat_prompt
+from hpcadapt.eval.model_dir import ModelDirError, check_model_dir, load_model, load_tokenizer
+from hpcadapt.eval.prompts import ANSWER_LEAD, INSTRUCTION, chat_prompt
 from hpcadapt.eval.results import EvalResults
 from hpcadapt.eval.scoring import greedy_replies, perplexity, score_loglik
 from hpcadapt.eval.suite import evaluate_models
@@ -94,13 +94,9 @@ def test_model_folder_errors_come_before_loading(untrained_dir, bench_file, tmp_
     monkeypatch.setattr(suite, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     no_tokenizer = shutil.copytree(untrained_dir, tmp_path / "no_tokenizer")
     (no_tokenizer / "tokenizer.json").unlink()
-    no_template = shutil.copytree(untrained_dir, tmp_path / "no_template")
-    (no_template / "chat_template.jinja").unlink()
     out = tmp_path / "out"
     with pytest.raises(ModelDirError, match=r"cpt \(.*no_tokenizer\): no tokenizer"):
         evaluate_models({"start": untrained_dir, "cpt": no_tokenizer}, [bench_file], None, out)
-    with pytest.raises(ModelDirError, match=r"sft \(.*no_template\): no chat template"):
-        evaluate_models({"start": untrained_dir, "sft": no_template}, [bench_file], None, out)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(BenchmarkError, match="empty.jsonl: empty benchmark file"):
@@ -124,3 +120,21 @@ def test_tables_show_each_set_overall_and_categories():
     assert results.category_summary()["m"] == {"advanced": {"generate_acc": 1 / 3, "n": 3},
                                                "basic": {"generate_acc": 1.0, "n": 3}}
     assert results.category_table_text().splitlines()[2].split("|")[1:-1] == [" advanced ", " m     ", " 0.333   ", " 3 "]
+
+
+def test_a_model_without_chat_template_is_asked_in_plain_text(untrained_dir, bench_file, tmp_path):
+    """A Base model (Mistral-7B-v0.3's, SmolLM's) has no template: it gets the same words as
+    plain text, the table says so, and merge checks still require a template."""
+    no_template = shutil.copytree(untrained_dir, tmp_path / "no_template")
+    (no_template / "chat_template.jinja").unlink()
+    with pytest.raises(ModelDirError, match=r"no chat template"):
+        check_model_dir(no_template, "sft")
+
+    tokenizer = load_tokenizer(no_template)
+    question = read_benchmark_file(bench_file)[0]
+    prompt = chat_prompt(tokenizer, question)
+    assert prompt.startswith(tokenizer.bos_token + INSTRUCTION) and prompt.endswith("\n" + ANSWER_LEAD)
+    results = evaluate_models({"base": no_template, "instruct": untrained_dir}, [bench_file], None, tmp_path / "out",
+                              protocols=["loglik"])
+    assert results.meta["prompt_format"] == {"base": "plain text (no chat template)", "instruct": "chat template"}
+    assert "Asked in plain text, having no chat template: base." in results.table_text()
