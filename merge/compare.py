@@ -34,11 +34,39 @@ def load(files: dict[str, Path], name: str):
 
 
 def ordered(t):
-    """bf16/f16 bit patterns as integers that count ulps across zero (-0 and +0 both 0)."""
+    """Bit patterns as integers that count ulps of the tensor's own dtype across zero (-0 and +0
+    both 0): int16 patterns for bf16/f16, int32 for float32, int64 for float64."""
     import torch
 
-    bits = t.view(torch.int16).int()
-    return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+    if t.element_size() == 2:
+        bits = t.view(torch.int16).int()
+        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+    bits = t.view(torch.int32 if t.element_size() == 4 else torch.int64).long()
+    sign = 0x7FFFFFFF if t.element_size() == 4 else 0x7FFFFFFFFFFFFFFF
+    return torch.where(bits < 0, -(bits & sign), bits)
+
+
+def agreement(ours: Path, theirs: Path) -> dict:
+    """Element by element, any method: how many are identical (NaN equals NaN), how many within one
+    ulp of their dtype, the largest difference in ulps, and where they differ ({tensor: bool mask})."""
+    mine, their_files = tensor_files(ours), tensor_files(theirs)
+    if set(mine) != set(their_files):
+        raise ValueError(f"different tensors: {sorted(set(mine) ^ set(their_files))[:5]}")
+    total = identical = within = worst = 0
+    differing = {}
+    for name in sorted(mine):
+        x, y = load(mine, name), load(their_files, name)
+        if x.dtype != y.dtype or x.shape != y.shape:
+            raise ValueError(f"{name}: {x.dtype}{list(x.shape)} here, {y.dtype}{list(y.shape)} there")
+        equal = (x == y) | (x.isnan() & y.isnan())
+        ulps = (ordered(x) - ordered(y)).abs()
+        ulps[equal] = 0
+        total, identical, within = total + x.numel(), identical + int(equal.sum()), within + int((ulps <= 1).sum())
+        if not bool(equal.all()):
+            differing[name] = ~equal
+            worst = max(worst, int(ulps.max()))
+    return {"elements": total, "identical_fraction": identical / max(total, 1), "within_one_ulp": within / max(total, 1),
+            "max_ulp": worst, "differing": differing}
 
 
 def linear_result(x, y, t: float, dtype):

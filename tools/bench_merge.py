@@ -1,17 +1,21 @@
 """Benchmark hpcadapt-merge against mergekit on a synthetic, deterministic model pair.
 
     python tools/bench_merge.py                      # Mistral-shaped 22 layers, ~2.9 GB per parent
+    python tools/bench_merge.py --method ties --repeats 1 --keep   # TIES: time, memory, parity
     python tools/bench_merge.py --shape 7b --only-ours --repeats 1   # the 7B memory check
 
 The second parent is the first plus relative Gaussian noise whose size varies per
 tensor, so cosines spread over 0.99-0.9999 like a real fine-tune and both SLERP
-branches occur. Runs alternate (mergekit shipped, mergekit with its faster malloc
-settings, ours) on a warm page cache with no pending writeback (sync before each run); each
-is timed and measured by /usr/bin/time -v (peak RSS of the largest process), and ours also
-reports the sum over its workers. The summary gives medians, ratios, GB/s against this
-machine's page-cache read/write floor, and parity with mergekit (hpcadapt_merge.compare:
-identical elements, largest difference in bf16 ulps, SLERP branch read off mergekit's output).
-Time it on a quiet machine (check /proc/loadavg first): other load inflates every figure.
+branches occur. Each repeat runs, in turn, tuned mergekit (its faster malloc settings),
+ours as shipped (the output fsynced before it is published), ours with --no-fsync (what
+mergekit does: it never fsyncs) and, with --shipped-mergekit, mergekit as shipped; warm page
+cache, no pending writeback (sync before each run). Each run is timed and measured by
+/usr/bin/time -v (peak RSS of the largest process; ours also reports the sum over its
+workers), with the 1-minute load average read just before it. The summary gives, for each of
+ours, the pair-by-pair ratio (tuned mergekit's time over ours in the same repeat): median,
+lowest and highest; medians; GB/s against this machine's page-cache read/write floor; and
+parity with mergekit (hpcadapt_merge.compare). Other load inflates every figure: run it when
+/proc/loadavg is low (the load of every run is printed).
 Data lives in bench/ (git-ignored) and is deleted afterwards unless --keep.
 """
 
@@ -101,10 +105,21 @@ def generate_pair(folder: Path, shape: dict, shard_bytes: int = 2 * 10**9) -> tu
     return a_dir, b_dir
 
 
-def recipe(a: Path, b: Path, layers: int) -> dict:
-    return {"merge_method": "slerp", "base_model": str(a),
-            "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]}, {"model": str(b), "layer_range": [0, layers]}]}],
-            "parameters": {"t": PAPER_T}, "dtype": "bfloat16"}
+def recipe(a: Path, b: Path, layers: int, method: str = "slerp") -> dict:
+    if method == "slerp":
+        return {"merge_method": "slerp", "base_model": str(a),
+                "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]}, {"model": str(b), "layer_range": [0, layers]}]}],
+                "parameters": {"t": PAPER_T}, "dtype": "bfloat16"}
+    parameters = {"weight": 1.0} if method in ("linear", "task_arithmetic") else {"weight": 1.0, "density": 0.5}
+    models = [{"model": str(b), "parameters": parameters}]
+    if method == "linear":
+        models.insert(0, {"model": str(a), "parameters": {"weight": 1.0}})
+        return {"merge_method": method, "models": models, "dtype": "bfloat16"}
+    return {"merge_method": method, "base_model": str(a), "models": models, "dtype": "bfloat16"}
+
+
+def load_average() -> float:
+    return float(open("/proc/loadavg").read().split()[0]) if os.path.exists("/proc/loadavg") else float("nan")
 
 
 def timed(command: list[str], env: dict) -> tuple[float, int, str]:
@@ -154,10 +169,12 @@ def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="mistral-22")
+    parser.add_argument("--method", default="slerp", choices=["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--dir", type=Path, default=Path("bench"))
     parser.add_argument("--only-ours", action="store_true", help="skip mergekit (e.g. the 7B memory check)")
+    parser.add_argument("--shipped-mergekit", action="store_true", help="also time mergekit as shipped (slow)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
 
@@ -168,60 +185,70 @@ def main() -> None:
     started = time.perf_counter()
     a, b = generate_pair(folder, shape)
     print(f"pair ready in {time.perf_counter() - started:.0f} s: {a}, {b}", flush=True)
-    config = folder / "recipe.yml"
+    config = folder / f"recipe-{args.method}.yml"
     import yaml
 
-    config.write_text(yaml.safe_dump(recipe(a.resolve(), b.resolve(), shape["layers"])))
+    config.write_text(yaml.safe_dump(recipe(a.resolve(), b.resolve(), shape["layers"], args.method)))
     inputs = sorted(a.glob("*.safetensors")) + sorted(b.glob("*.safetensors"))
     in_bytes = sum(p.stat().st_size for p in inputs)
     bin_dir = Path(sys.executable).parent
-    runs = {"ours": [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force"]
-            + (["--workers", str(args.workers)] if args.workers else [])}
-    envs = {"ours": env}
+    ours = [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force", "--no-progress"]
+    ours += ["--workers", str(args.workers)] if args.workers else []
+    seed = ["--random-seed", "0"] if args.method.startswith("dare") else []
+    runs, envs = {}, {}
     if not args.only_ours:
-        runs["mergekit"] = [str(bin_dir / "mergekit-yaml"), str(config), str(folder / "mergekit")]
-        runs["mergekit-tuned"] = runs["mergekit"][:-1] + [str(folder / "mergekit-tuned")]
-        envs["mergekit"], envs["mergekit-tuned"] = env, {**env, **TUNED_MALLOC}
+        mergekit = [str(bin_dir / "mergekit-yaml"), str(config), str(folder / "mergekit-tuned")] + seed
+        runs["mergekit-tuned"], envs["mergekit-tuned"] = mergekit, {**env, **TUNED_MALLOC}
+    runs["ours"], envs["ours"] = ours + seed, env
+    runs["ours --no-fsync"], envs["ours --no-fsync"] = ours + seed + ["--no-fsync"], env
+    if args.shipped_mergekit and not args.only_ours:
+        runs["mergekit"], envs["mergekit"] = mergekit[:2] + [str(folder / "mergekit")] + seed, env
     results = {name: [] for name in runs}
-    load_before = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
     warm(inputs)  # the first read may come from disk
     read_gbps = warm(inputs)
+    print(f"load average before the runs: {load_average():.2f}", flush=True)
     for repeat in range(args.repeats):
         for name, command in runs.items():
             out = Path(command[2])
             shutil.rmtree(out, ignore_errors=True)
             warm(inputs)
             os.sync()  # no run pays for the previous run's writeback
+            load = load_average()
             seconds, rss_kib, stderr = timed(command, envs[name])
-            extra = ""
-            if name == "ours":
-                line = [l for l in stderr.splitlines() if l.startswith("merged ")]
-                extra = line[-1] if line else ""
-            results[name].append((seconds, rss_kib))
-            print(f"[{repeat + 1}/{args.repeats}] {name:15s} {seconds:7.2f} s  peak RSS {rss_kib / 2**20:6.2f} GiB  {extra}", flush=True)
+            results[name].append((seconds, rss_kib, load))
+            print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s  peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
     os.sync()
     write_gbps = max(write_floor(folder) for _ in range(2))
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
-    print(f"\nsummary ({args.shape}, median of {args.repeats}, warm cache, load before: {load_before})")
-    medians = {n: (statistics.median(s for s, _ in r), max(m for _, m in r)) for n, r in results.items()}
+    loads = [load for r in results.values() for _, _, load in r]
+    print(f"\nsummary ({args.shape}, {args.method}, {args.repeats} repeats, warm cache; load average at the runs "
+          f"{min(loads):.2f}-{max(loads):.2f}, median {statistics.median(loads):.2f})")
+    medians = {n: (statistics.median(s for s, _, _ in r), max(m for _, m, _ in r)) for n, r in results.items()}
     floor = in_bytes / 1e9 / read_gbps + out_bytes / 1e9 / write_gbps
     for name, (seconds, rss) in medians.items():
-        print(f"  {name:15s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _ in results[name])})   "
+        print(f"  {name:16s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _, _ in results[name])})   "
               f"peak RSS {rss / 2**20:5.2f} GiB   {(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
     print(f"  floor: page-cache read {read_gbps:.1f} GB/s, write {write_gbps:.2f} GB/s -> {in_bytes / 1e9:.2f} GB read + "
-          f"{out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s = {(in_bytes + out_bytes) / 1e9 / floor:.2f} GB/s on one core; "
-          f"ours reaches {floor / medians['ours'][0]:.0%} of that")
+          f"{out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s on one core")
     if not args.only_ours:
-        ours_s, ours_rss = medians["ours"]
-        for name in ("mergekit", "mergekit-tuned"):
-            print(f"  vs {name:15s} {medians[name][0] / ours_s:5.2f}x faster; peak RSS {medians[name][1] / ours_rss:5.1f}x smaller")
-        from hpcadapt_merge.compare import compare
+        tuned = [s for s, _, _ in results["mergekit-tuned"]]
+        for name in ("ours", "ours --no-fsync"):
+            ratios = [t / s for t, (s, _, _) in zip(tuned, results[name])]
+            print(f"  tuned mergekit / {name:16s} pair by pair: median {statistics.median(ratios):.2f}x, "
+                  f"lowest {min(ratios):.2f}x, highest {max(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}); "
+                  f"peak RSS {medians['mergekit-tuned'][1] / medians[name][1]:.1f}x smaller")
+        from hpcadapt_merge.compare import agreement, compare
 
-        parity = compare(folder / "ours", folder / "mergekit-tuned", a, b)
-        print(f"  parity vs mergekit-tuned: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
-              f"max {parity['max_ulp']} bf16 ulp, {len(parity['branch_mismatches'])} branch mismatches, branches {parity['branches']}")
-        if parity["branch_mismatches"]:
-            print("  mismatched:", json.dumps(parity["branch_mismatches"]))
+        if args.method == "slerp":
+            parity = compare(folder / "ours", folder / "mergekit-tuned", a, b)
+            print(f"  parity vs tuned mergekit: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
+                  f"max {parity['max_ulp']} bf16 ulp, {len(parity['branch_mismatches'])} branch mismatches, branches {parity['branches']}")
+            if parity["branch_mismatches"]:
+                print("  mismatched:", json.dumps(parity["branch_mismatches"]))
+        else:
+            parity = agreement(folder / "ours", folder / "mergekit-tuned")
+            print(f"  parity vs tuned mergekit: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
+                  f"within 1 ulp {parity['within_one_ulp']:.6%}, max {parity['max_ulp']} ulp, {len(parity['differing'])} tensors differ")
     if not args.keep:
         shutil.rmtree(folder)
         print(f"removed {folder}")

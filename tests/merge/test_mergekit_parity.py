@@ -24,7 +24,8 @@ import yaml
 from conftest import PAPER_T, derive_model, load_tensors, random_mistral, slerp_config
 
 from hpcadapt_merge import run_merge
-from hpcadapt_merge.compare import compare, ordered
+from hpcadapt_merge.compare import agreement as compare_folders
+from hpcadapt_merge.compare import compare
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("mergekit") is None, reason="mergekit is not installed (pip install mergekit==0.1.5)")]
@@ -123,20 +124,8 @@ def mergekit_in_process(config: dict, out: Path, seed: int | None = None) -> Pat
 
 def agreement(ours: Path, theirs: Path) -> tuple[float, int, dict]:
     """(identical fraction, largest difference in ulps of the dtype, {tensor: differing mask})."""
-    mine, their = load_tensors(ours), load_tensors(theirs)
-    assert set(mine) == set(their)
-    total = same = worst = 0
-    differing = {}
-    for name, y in their.items():
-        x = mine[name]
-        assert x.dtype == y.dtype, name
-        equal = (x == y) | (x.isnan() & y.isnan())
-        total, same = total + x.numel(), same + int(equal.sum())
-        if not bool(equal.all()):
-            differing[name] = ~equal
-            bits = (lambda t: ordered(t)) if x.element_size() == 2 else (lambda t: t.view(torch.int32).long())
-            worst = max(worst, int((bits(x) - bits(y)).abs()[~equal].max()))
-    return same / total, worst, differing
+    result = compare_folders(ours, theirs)
+    return result["identical_fraction"], result["max_ulp"], result["differing"]
 
 
 @pytest.fixture(scope="module")
