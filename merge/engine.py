@@ -542,8 +542,20 @@ class _RssSampler:
             pass
 
 
+def _own_peak_rss() -> int:
+    """This process's peak resident set since it started (VmHWM). Not ru_maxrss: Linux carries that
+    over an exec, so a merge launched from a large process would report the launcher's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _summary(plan, out_dir, started, resumed, workers, peak_total, done) -> MergeSummary:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    own = _own_peak_rss()
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     reports = list((done or {}).values())
     branches = [r.get("branch") for r in reports if r.get("branch")]

@@ -31,7 +31,8 @@ from .methods import gta, slerp
 from .plan import TensorJob
 
 CHUNK = 1 << 18  # elements per chunk of the elementwise passes (a multiple of every SIMD width)
-MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time
+MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time (SLERP: its passes reuse the window)
+SMALL_WINDOW = 16 << 20  # the same for the other methods, which map three or more inputs and make several passes
 WRITE_PIECE = 256 << 10  # bytes per pwrite: writers of one shard share its inode lock; big pieces made the other spin (sys time 2-4x)
 DECODED_BYTES = 4 << 20  # SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
 FINITE_MAX = {"BF16": 3.3895313892515355e38, "F16": 65504.0, "F32": 3.4028234663852886e38, "F64": 1.7976931348623157e308}
@@ -241,7 +242,7 @@ class _Floats:
 
 def _inputs(job: TensorJob):
     """The job's sources, and a function giving chunk [lo, hi) of each, cast to the recipe's dtype."""
-    sources = [_Source(s, slot) for slot, s in enumerate(job.sources)]
+    sources = [_Source(s, slot, min(MAP_WINDOW, SMALL_WINDOW)) for slot, s in enumerate(job.sources)]
     dtype = _TORCH_DTYPES[job.params.get("dtype") or sources[0].info.dtype]
 
     def load(lo: int, hi: int, count: bool = False):
@@ -482,8 +483,8 @@ class _Source:
     """One input tensor, read through a mapped window of its file (at most MAP_WINDOW bytes,
     or one request if larger). Views handed out keep their window alive until dropped."""
 
-    def __init__(self, info, slot: int):
-        self.info, self.slot = info, slot
+    def __init__(self, info, slot: int, window: int | None = None):
+        self.info, self.slot, self.window = info, slot, window
         self.numel = info.numel
         self.itemsize = DTYPE_SIZES[info.dtype]
         self.fd = _fd(str(info.file), os.O_RDONLY)
@@ -503,7 +504,7 @@ class _Source:
 
     def _map(self, start: int, stop: int) -> None:
         self.array = self.torch_view = None  # the old window goes when its last view does
-        stop = max(stop, min(self.numel, start + MAP_WINDOW // self.itemsize))
+        stop = max(stop, min(self.numel, start + (self.window or MAP_WINDOW) // self.itemsize))
         first = self.info.offset + start * self.itemsize
         aligned = first - first % mmap.ALLOCATIONGRANULARITY
         count = stop - start

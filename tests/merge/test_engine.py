@@ -45,6 +45,18 @@ def test_output_bytes_do_not_depend_on_workers_or_io_chunking(models, tmp_path, 
     assert one == folder_bytes(tmp_path / "w3") == folder_bytes(tmp_path / "streamed")
 
 
+@pytest.mark.parametrize("method, params", [("ties", {"rescale": True}), ("dare_ties", {}), ("linear", {})])
+def test_other_methods_do_not_depend_on_workers_or_chunking(models, tmp_path, monkeypatch, method, params):
+    """TIES's histograms and cut, DARE's stream and rescale sums, linear's FMAs: the same bytes
+    whatever the chunk, window and worker count."""
+    config = multi_config(models, method, **params)
+    run_merge(config, tmp_path / "w2", workers=2, progress=False, fsync=False, random_seed=2)
+    monkeypatch.setattr(kernels, "CHUNK", 1024)  # tensors of 2048 to 20480 elements: 2 to 20 chunks
+    monkeypatch.setattr(kernels, "SMALL_WINDOW", 4096)
+    run_merge(config, tmp_path / "w1", workers=1, progress=False, fsync=False, random_seed=2)
+    assert folder_bytes(tmp_path / "w2") == folder_bytes(tmp_path / "w1")
+
+
 def test_output_folder_is_complete(models, tmp_path):
     run_merge(slerp_config(models), tmp_path / "out", progress=False, shard_size=100_000)
     out = tmp_path / "out"
