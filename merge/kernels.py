@@ -56,8 +56,23 @@ def use_torch():
     import torch
 
     if not _TORCH_DTYPES:
+        _keep_freed_memory()
         _TORCH_DTYPES.update(BF16=torch.bfloat16, F16=torch.float16, F32=torch.float32, F64=torch.float64)
     return torch
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed blocks of up to 64 MB for reuse (mallopt M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD) instead of returning them to the system: torch's temporaries of a few MB per
+    chunk then cost no fresh page faults. Silently nothing without glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def single_threaded():
@@ -141,22 +156,29 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     report = {"name": job.name, "method": "slerp", "t": t, "cosine": 0.0, "branch": "lerp"}
     if not bounds:
         return report
-    norms_a, norms_b = [], []
-    for lo, hi in bounds:
-        norms_a.append(slerp.chunk_norm(fa.chunk(lo, hi)))
-        norms_b.append(slerp.chunk_norm(fb.chunk(lo, hi)))
-    norm_a, norm_b = slerp.total_norm(norms_a), slerp.total_norm(norms_b)
-    finite_in = bool(torch.cat(norms_a + norms_b).isfinite().all())  # a NaN or Inf makes its chunk's norm non-finite
+    # Chunk norms go into one preallocated tensor: small results allocated between the chunks'
+    # temporaries would pin those temporaries' memory until the tensor is done.
+    norms = torch.empty((2, len(bounds), 1, 1), dtype=work)
+    direct = not cache and a.info.dtype == in_dtype and in_dtype in ("BF16", "F16")  # norms straight off the file's bytes
+    for i, (lo, hi) in enumerate(bounds):
+        if direct:
+            slerp.chunk_norm(a.tensor(lo, hi), work, out=norms[0, i])
+            slerp.chunk_norm(b.tensor(lo, hi), work, out=norms[1, i])
+        else:
+            slerp.chunk_norm(fa.chunk(lo, hi), out=norms[0, i])
+            slerp.chunk_norm(fb.chunk(lo, hi), out=norms[1, i])
+    norm_a, norm_b = slerp.total_norm(norms[0]), slerp.total_norm(norms[1])
+    finite_in = bool(norms.isfinite().all())  # a NaN or Inf makes its chunk's norm non-finite
     if not finite_in:
         counts.inputs = [_count_source(s) for s in (a, b)]
         finite_in = not any(counts.inputs)  # else the squares overflowed: all finite after all
-    dots = []
-    for lo, hi in bounds:
+    dots = torch.empty((len(bounds), 1, 1), dtype=work)
+    for i, (lo, hi) in enumerate(bounds):
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
         sx, sy = x, y  # decoded for this pass only: quotients overwrite them
         if cache:  # kept floats are read again in the output pass: quotients go to scratch buffers
             sx, sy = (_tensor_buffer(("dot", k), slerp.CHUNK, work)[: hi - lo] for k in (0, 1))
-        dots.append(slerp.chunk_dot(x, y, norm_a, norm_b, sx, sy))
+        slerp.chunk_dot(x, y, norm_a, norm_b, sx, sy, out=dots[i])
     cosine = slerp.total_cosine(dots)
     c0, c1, branch = slerp.coefficients(cosine, t)
     report.update(cosine=_json_float(float(cosine)), branch=branch)

@@ -33,36 +33,42 @@ def chunk_bounds(numel: int, size: int | None = None):
     return [(start, min(start + size, numel)) for start in range(0, numel, size)]
 
 
-def chunk_norm(x):
-    """‖x‖ of one chunk (a 1-D tensor), as a (1, 1) tensor."""
+def chunk_norm(x, dtype=None, out=None):
+    """‖x‖ of one chunk (a 1-D tensor), as a (1, 1) tensor (into `out` when given); with `dtype`,
+    of x cast to it (the same bits as casting first, faster than writing the cast copy)."""
     import torch
 
-    return torch.linalg.vector_norm(x.view(1, -1), dim=1, keepdim=True)
+    return torch.linalg.vector_norm(x.view(1, -1), dim=1, keepdim=True, dtype=dtype, out=out)
 
 
-def total_norm(chunk_norms: list, eps: float = EPS):
-    """The tensor's norm from its chunk norms (norm of norms); below eps it is taken as 1."""
+def total_norm(chunk_norms, eps: float = EPS):
+    """The tensor's norm from its chunk norms (a list of (1, 1) tensors, or them stacked: (n, 1, 1));
+    the norm of the norms; below eps it is taken as 1."""
     import torch
 
-    norm = torch.linalg.vector_norm(torch.stack(chunk_norms), dim=0)
+    stacked = chunk_norms if isinstance(chunk_norms, torch.Tensor) else torch.stack(chunk_norms)
+    norm = torch.linalg.vector_norm(stacked, dim=0)
     return torch.where(norm > eps, norm, 1)
 
 
-def chunk_dot(x, y, norm_a, norm_b, scratch_x, scratch_y):
-    """Σ (x/‖a‖)·(y/‖b‖) over one chunk, as a (1, 1) tensor; the scratch buffers (x's size) are overwritten."""
+def chunk_dot(x, y, norm_a, norm_b, scratch_x, scratch_y, out=None):
+    """Σ (x/‖a‖)·(y/‖b‖) over one chunk, as a (1, 1) tensor (into `out` when given); the scratch
+    buffers (x's size) are overwritten."""
     import torch
 
     torch.div(x.view(1, -1), norm_a, out=scratch_x.view(1, -1))
     torch.div(y.view(1, -1), norm_b, out=scratch_y.view(1, -1))
     torch.mul(scratch_x, scratch_y, out=scratch_x)
-    return torch.sum(scratch_x.view(1, -1), dim=1, keepdim=True)
+    return torch.sum(scratch_x.view(1, -1), dim=1, keepdim=True, out=out)
 
 
-def total_cosine(chunk_dots: list):
-    """The cosine from the chunk dots, clamped to [-1, 1], as a (1, 1) tensor."""
+def total_cosine(chunk_dots):
+    """The cosine from the chunk dots (a list of (1, 1) tensors, or them stacked: (n, 1, 1)),
+    clamped to [-1, 1], as a (1, 1) tensor."""
     import torch
 
-    return torch.stack(chunk_dots).sum(dim=0).clamp(-1, 1)
+    stacked = chunk_dots if isinstance(chunk_dots, torch.Tensor) else torch.stack(chunk_dots)
+    return stacked.sum(dim=0).clamp(-1, 1)
 
 
 def coefficients(cosine, t: float, dot_threshold: float = DOT_THRESHOLD):
