@@ -83,7 +83,11 @@ class StageConfig:
     gradient_checkpointing: bool = True
     seed: int = 42
     logging_steps: int = 10
-    save_steps: int = 500  # checkpoint interval: what a preempted job resumes from
+    # Resumable checkpoints: on the preemption/time-limit signal, every
+    # `checkpoint_every_minutes` of training, and every `save_steps` steps if > 0; never at
+    # the last step, whose model is saved anyway (at 7B a ZeRO-3 checkpoint is ~112 GB).
+    checkpoint_every_minutes: float = 60.0
+    save_steps: int = 0
     keep_checkpoints: bool = False  # keep Trainer checkpoints in the finished stage folder
     # Anything else the TRL config accepts, passed through unchanged.
     extra: Dict[str, Any] = field(default_factory=dict)

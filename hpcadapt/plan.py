@@ -32,7 +32,7 @@ from hpcadapt.stagedir import is_complete, read_manifest, staging_dir_for, write
 
 PLAN_VERSION = 3  # bump when the meaning of a stage's settings or inputs changes
 # Settings that change how a stage runs or reports, not what it produces.
-NON_SEMANTIC = ("logging_steps", "save_steps", "keep_checkpoints")
+NON_SEMANTIC = ("logging_steps", "save_steps", "checkpoint_every_minutes", "keep_checkpoints")
 
 
 @dataclass

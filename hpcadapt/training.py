@@ -132,8 +132,10 @@ def trainer_kwargs(spec: dict[str, Any], env: Env) -> dict[str, Any]:
         data_seed=s["seed"],
         logging_steps=s["logging_steps"],
         logging_first_step=True,
-        save_strategy="steps",
-        save_steps=s["save_steps"],
+        # Step checkpoints only when asked; the stop signal and the wall-clock interval save
+        # through the checkpoint callback (`checkpoint_callback`).
+        save_strategy="steps" if s["save_steps"] > 0 else "no",
+        save_steps=s["save_steps"] if s["save_steps"] > 0 else 500,
         save_total_limit=2,
         report_to=["wandb"] if wandb_on else [],
         run_name=f"{spec['wandb']['group']}/{spec['name']}",
@@ -172,7 +174,10 @@ def load_model(path: str, spec: dict[str, Any], env: Env):
     from transformers import AutoModelForCausalLM
 
     loading = spec["model_loading"]
-    dtype = torch.bfloat16 if env.bf16 else torch.float32
+    # Under DeepSpeed the optimizer keeps an fp32 master copy of bf16 weights. Without it the
+    # weights themselves must be fp32 (the Trainer then computes in bf16 autocast): AdamW on
+    # bf16 weights at the paper's DPO rate of 5e-7 leaves 99% of them unchanged per step.
+    dtype = torch.bfloat16 if env.bf16 and spec["deepspeed"]["enabled"] else torch.float32
     attn = attention.resolve(loading["attn_implementation"], env.cuda)
     if attn != loading["attn_implementation"] and env.is_main:
         print(f"hpcadapt: model.attn_implementation=auto: using {attn}", flush=True)
@@ -221,36 +226,52 @@ def length_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def preemption_callback():
-    """A Trainer callback that stops at the next step boundary once any rank was asked to stop.
+def checkpoint_callback(every_minutes: float):
+    """A Trainer callback that decides, at each step boundary, when to write a resumable checkpoint.
 
-    All ranks must stop at the same step or the checkpoint would be torn, so the flag is
-    reduced across ranks each step (a few microseconds on gloo, negligible on NCCL).
+    - Once any rank was asked to stop (preemption or time limit): save and stop. All ranks
+      must stop at the same step or the checkpoint would be torn, so the flags are reduced
+      across ranks (a few microseconds on gloo, negligible on NCCL).
+    - Every `every_minutes` of training since the last checkpoint (rank 0's clock decides).
+    - Never at the last step: the trained model is saved right after, and a ZeRO-3
+      checkpoint (weights, fp32 master copy, optimizer state) would be written for nothing.
     Built here rather than at import so this module imports without transformers.
     """
+    import time
+
     import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
 
-    from hpcadapt import worker
+    from hpcadapt import stop_flag
 
-    class PreemptionCallback(TrainerCallback):
+    class CheckpointCallback(TrainerCallback):
         preempted = False
+        last_save = time.monotonic()
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
-            flag = worker.stop_requested()
+            due = every_minutes > 0 and time.monotonic() - self.last_save >= 60 * every_minutes
+            flags = [1.0 if stop_flag.stop_requested() else 0.0, 1.0 if due and state.is_world_process_zero else 0.0]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-                t = torch.tensor([1.0 if flag else 0.0], device=device)
+                t = torch.tensor(flags, device=device)
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                flag = bool(t.item())
-            if flag:
+                flags = t.tolist()
+            stop, due = flags[0] > 0, flags[1] > 0
+            if stop:
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
+            elif state.global_step >= state.max_steps:
+                control.should_save = False
+            elif due:
+                control.should_save = True
             return control
 
-    return PreemptionCallback()
+    return CheckpointCallback()
 
 
 def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
@@ -279,17 +300,15 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
     """Train (resuming if possible), save the complete model folder, verify, report."""
     import torch.distributed as dist
 
-    from hpcadapt import worker
-
     record_partition(trainer.model, spec, env)
-    preemption = preemption_callback()
+    preemption = checkpoint_callback(spec["settings"].get("checkpoint_every_minutes", 0.0))
     trainer.add_callback(preemption)
     checkpoint = resume_checkpoint(spec, env)
     if checkpoint and env.is_main:
         print(f"hpcadapt: resuming {spec['name']} from {checkpoint}", flush=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if preemption.preempted:
-        raise worker.StagePreempted(f"stage {spec['name']} stopped at step {trainer.state.global_step} on request")
+        raise stop_flag.StagePreempted(f"stage {spec['name']} stopped at step {trainer.state.global_step} on request")
     out = Path(spec["staging_dir"])
     trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
     if env.is_main:
@@ -306,6 +325,11 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    speed = measured_speed(trainer, result, spec, env)
+    if env.is_main and speed.get("tokens_per_s_per_gpu"):
+        mfu = f", MFU {speed['mfu']:.1%}" if speed.get("mfu") else ""
+        print(f"hpcadapt: {spec['name']}: {speed['tokens_per_s_per_gpu']:,.0f} tokens/s per "
+              f"{'GPU' if env.cuda else 'process'}{mfu}, peak memory {speed['peak_memory_gib']} GiB", flush=True)
     return {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -314,6 +338,7 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
         "runtime_s": result.metrics.get("train_runtime"),
         "world_size": env.world_size,
         "attention": getattr(trainer.model.config, "_attn_implementation", None),
+        "speed": speed,
         "notes": notes,
     }
 
@@ -331,6 +356,25 @@ def stop_token_ids(generation_config, tokenizer) -> int | list[int]:
         if extra is not None and extra not in ids:
             ids.append(extra)
     return ids[0] if len(ids) == 1 else ids
+
+
+def measured_speed(trainer, result, spec: dict[str, Any], env: Env) -> dict[str, Any]:
+    """Tokens/s per GPU, MFU and peak memory of this run (hpcadapt/throughput.py)."""
+    import resource
+
+    import torch
+
+    from hpcadapt.throughput import stage_throughput
+
+    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)  # TRL counts all ranks
+    device = torch.cuda.get_device_name() if env.cuda else "cpu"
+    speed = stage_throughput(tokens, result.metrics.get("train_runtime"), env.world_size, trainer.model.config,
+                             expected_parameters(trainer.model), spec["settings"]["max_length"], device)
+    if env.cuda:
+        speed["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    else:  # this process's peak resident memory
+        speed["peak_memory_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return speed
 
 
 def record_partition(model, spec: dict[str, Any], env: Env) -> None:

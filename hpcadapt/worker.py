@@ -20,15 +20,13 @@ import importlib
 import json
 import os
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 from hpcadapt import tracking
+from hpcadapt.stop_flag import StagePreempted, request_stop  # noqa: F401  (the job protocol: slurm_job calls them)
 from hpcadapt.stagedir import finalize, is_complete
-
-_stop = threading.Event()
 
 RECIPES = {
     "tiny_init": "tiny_init",
@@ -41,19 +39,6 @@ RECIPES = {
     "merge": "merge",
     "eval": "evaluate",
 }
-
-
-class StagePreempted(Exception):
-    """Training stopped on request after saving a checkpoint; the job should be requeued."""
-
-
-def request_stop() -> None:
-    """Ask the running stage to checkpoint and stop at the next step (signal-handler safe)."""
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
 
 
 def run_stage(spec_path: str | Path) -> None:
