@@ -97,9 +97,20 @@ def _run(args) -> int:
 
 
 def console() -> None:
-    """The `hpcadapt-merge` command. Once the merge is published there is nothing left to
-    clean up, and unloading torch is ~0.5 s of interpreter teardown: leave without it."""
-    code = main()
+    """The `hpcadapt-merge` command. It imports torch without its tracing-only modules (see
+    kernels._lean_import; HPCADAPT_MERGE_FULL_TORCH=1 turns that off, and a torch that will not
+    import so is imported in full by running the command again). Once the merge is published there
+    is nothing left to clean up, and unloading torch is ~0.5 s of interpreter teardown: leave
+    without it."""
+    from . import kernels
+
+    kernels.lean_import = not os.environ.get("HPCADAPT_MERGE_FULL_TORCH")
+    try:
+        code = main()
+    except kernels.LeanImportFailed:
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "hpcadapt_merge.cli", *sys.argv[1:]],
+                  {**os.environ, "HPCADAPT_MERGE_FULL_TORCH": "1"})
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

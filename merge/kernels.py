@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -51,14 +52,39 @@ def needs_torch(jobs) -> bool:
 TORCH_METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
 
+LEAN_IMPORT_STUBS = ("torch._meta_registrations",)
+lean_import = False  # set by the command: see _lean_import
+
+
 def use_torch():
     """Import torch (once, before workers fork, so they inherit it) and return it."""
+    if lean_import and "torch" not in sys.modules:
+        _lean_import()
     import torch
 
     if not _TORCH_DTYPES:
         _keep_freed_memory()
         _TORCH_DTYPES.update(BF16=torch.bfloat16, F16=torch.float16, F32=torch.float32, F64=torch.float64)
     return torch
+
+
+class LeanImportFailed(RuntimeError):
+    """torch would not import without the modules _lean_import leaves out; the command re-runs itself without it."""
+
+
+def _lean_import() -> None:
+    """Import torch without torch._meta_registrations (with the torch._decomp and torch._prims it pulls
+    in: ~30% of the import's CPU time, serial before any worker starts). Those register Python meta
+    kernels for tracing and torch.compile, which CPU kernels run eagerly never use. Only the command
+    does this: it exits after the merge, whereas a caller of the Python API may need them later."""
+    import types
+
+    for name in LEAN_IMPORT_STUBS:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    try:
+        import torch  # noqa: F401
+    except Exception as error:
+        raise LeanImportFailed(f"{type(error).__name__}: {error}") from error
 
 
 def _keep_freed_memory() -> None:

@@ -72,3 +72,24 @@ print("HEAVY", heavy)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
+
+
+def test_the_command_merges_the_same_bytes_as_the_api(models, tmp_path):
+    """The command imports torch without its tracing modules; every method computes the same
+    weights (the card's recipe differs only in key order: the YAML file sorted them)."""
+    from conftest import folder_bytes
+    from test_engine import multi_config
+
+    from hpcadapt_merge import run_merge
+
+    for method, config in (("slerp", slerp_config(models)), ("ties", multi_config(models, "ties", rescale=True)),
+                           ("dare_linear", multi_config(models, "dare_linear"))):
+        recipe = tmp_path / f"{method}.yml"
+        recipe.write_text(yaml.safe_dump(config))
+        done = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(recipe), str(tmp_path / f"{method}-cli"), "--no-progress"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        run_merge(config, tmp_path / f"{method}-api", progress=False)
+        cli, api = folder_bytes(tmp_path / f"{method}-cli"), folder_bytes(tmp_path / f"{method}-api")
+        weights = [name for name in api if name.endswith(".safetensors")]
+        assert weights and all(cli[name] == api[name] for name in weights), method
