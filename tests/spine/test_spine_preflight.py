@@ -158,3 +158,16 @@ def test_rehearsal_caps_sizes_and_steps_and_keeps_everything_else(tmp_path):
     assert [s["weight"] for s in plan.stage("sft").spec["data_sources"]] == [0.5, 1.0]
     config = json.loads((Path(rehearsal.model.instruct) / "config.json").read_text())
     assert config["architectures"] == ["MistralForCausalLM"] and config["vocab_size"] == 32768
+
+
+def test_hub_datasets_must_be_pinned_or_cached(tmp_path, monkeypatch):
+    write_toy_domain(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [f"output_root={tmp_path}", *FAST, "data.mixes.cpt.sources=[{path: acme/papers}]"]
+    with pytest.raises(HpcadaptError, match=r"data\.mixes\.cpt\.sources\[0\]\.revision: hub dataset acme/papers is "
+                                            r"not pinned"):
+        plan_pipeline(compose_cfg(args))
+    source = f"{{path: acme/papers, revision: {'c' * 40}}}"
+    pinned = plan_pipeline(compose_cfg([*args[:-1], f"data.mixes.cpt.sources=[{source}]"]))
+    assert pinned.stage("cpt").spec["inputs"]["data"][0]["identity"] == f"hub:acme/papers@{'c' * 40}"
