@@ -36,6 +36,7 @@ MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time (SLERP: its 
 SMALL_WINDOW = 16 << 20  # the same for the other methods, which map three or more inputs and make several passes
 WRITE_PIECE = 256 << 10  # bytes per pwrite: writers of one shard share its inode lock; big pieces made the other spin (sys time 2-4x)
 DECODED_BYTES = 4 << 20  # SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
+PIECE = 1 << 18  # elements SLERP decodes and computes at a time in its dot and output passes (1 MB of floats: stays in cache)
 FINITE_MAX = {"BF16": 3.3895313892515355e38, "F16": 65504.0, "F32": 3.4028234663852886e38, "F64": 1.7976931348623157e308}
 
 _NUMPY_DTYPES = {"BF16": np.int16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
@@ -199,12 +200,18 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
         counts.inputs = [_count_source(s) for s in (a, b)]
         finite_in = not any(counts.inputs)  # else the squares overflowed: all finite after all
     dots = torch.empty((len(bounds), 1, 1), dtype=work)
+    products = None if cache else _tensor_buffer(("products",), slerp.CHUNK, work)
     for i, (lo, hi) in enumerate(bounds):
-        x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
-        sx, sy = x, y  # decoded for this pass only: quotients overwrite them
         if cache:  # kept floats are read again in the output pass: quotients go to scratch buffers
             sx, sy = (_tensor_buffer(("dot", k), slerp.CHUNK, work)[: hi - lo] for k in (0, 1))
-        slerp.chunk_dot(x, y, norm_a, norm_b, sx, sy, out=dots[i])
+            slerp.chunk_dot(fa.chunk(lo, hi), fb.chunk(lo, hi), norm_a, norm_b, sx, sy, out=dots[i])
+            continue
+        # Decoded and divided in pieces that stay in the CPU's cache; only the products of the whole
+        # chunk are kept, for the one sum over the chunk that decides the bits.
+        for piece_lo, piece_hi in _chunks(hi - lo, min(PIECE, slerp.CHUNK)):
+            x, y = fa.chunk(lo + piece_lo, lo + piece_hi), fb.chunk(lo + piece_lo, lo + piece_hi)
+            slerp.quotient_products(x, y, norm_a, norm_b, out=products[piece_lo:piece_hi])
+        slerp.chunk_sum(products[: hi - lo], out=dots[i])
     cosine = slerp.total_cosine(dots)
     c0, c1, branch = slerp.coefficients(cosine, t)
     report.update(cosine=_json_float(float(cosine)), branch=branch)
@@ -219,7 +226,7 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     bound = abs(float(c0)) * float(norm_a) + abs(float(c1)) * float(norm_b)
     check_output = not (finite_in and math.isfinite(bound) and bound < 0.99 * FINITE_MAX[job.out_dtype])
     out = _Output(job, in_dtype, out_fd)
-    for lo, hi in bounds:
+    for lo, hi in (bounds if cache else _chunks(a.numel, min(PIECE, slerp.CHUNK))):  # elementwise: any pieces will do
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
         result = slerp.combine(x, y, c0, c1, out=x, scratch=y)  # the last use of these floats: in place
         final = out.write(lo, result)

@@ -62,6 +62,23 @@ def chunk_dot(x, y, norm_a, norm_b, scratch_x, scratch_y, out=None):
     return torch.sum(scratch_x.view(1, -1), dim=1, keepdim=True, out=out)
 
 
+def quotient_products(x, y, norm_a, norm_b, out):
+    """(x/‖a‖)·(y/‖b‖) elementwise into `out` (x and y are overwritten with the quotients): the terms
+    of chunk_dot, computable piece by piece since each element is rounded on its own."""
+    import torch
+
+    torch.div(x.view(1, -1), norm_a, out=x.view(1, -1))
+    torch.div(y.view(1, -1), norm_b, out=y.view(1, -1))
+    return torch.mul(x, y, out=out)
+
+
+def chunk_sum(products, out=None):
+    """The sum of one chunk's products, as chunk_dot sums them, as a (1, 1) tensor."""
+    import torch
+
+    return torch.sum(products.view(1, -1), dim=1, keepdim=True, out=out)
+
+
 def total_cosine(chunk_dots):
     """The cosine from the chunk dots (a list of (1, 1) tensors, or them stacked: (n, 1, 1)),
     clamped to [-1, 1], as a (1, 1) tensor."""

@@ -37,6 +37,7 @@ def test_output_bytes_do_not_depend_on_workers_or_io_chunking(models, tmp_path, 
     run_merge(config, tmp_path / "w1", workers=1, progress=False, shard_size=100_000, fsync=False)
     run_merge(config, tmp_path / "w3", workers=3, progress=False, shard_size=100_000)
     monkeypatch.setattr(kernels, "DECODED_BYTES", 0)  # decode again in each pass instead of keeping floats
+    monkeypatch.setattr(kernels, "PIECE", 300)  # in pieces smaller than a reduction chunk
     monkeypatch.setattr(kernels, "MAP_WINDOW", 4096)  # and map the inputs a few pages at a time
     monkeypatch.setattr(kernels, "WRITE_PIECE", 4099)  # and write in odd-sized pieces
     run_merge(config, tmp_path / "streamed", workers=1, progress=False, shard_size=100_000)
