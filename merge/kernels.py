@@ -201,6 +201,16 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
         finite_in = not any(counts.inputs)  # else the squares overflowed: all finite after all
     dots = torch.empty((len(bounds), 1, 1), dtype=work)
     products = None if cache else _tensor_buffer(("products",), slerp.CHUNK, work)
+    piece = min(PIECE, slerp.CHUNK)
+    # Speculation: when a sample says the tensors are nearly colinear, the linear branch's output
+    # (coefficients 1 - t and t, known in advance) is written during the dot pass, from the pieces
+    # already in the cache; the output pass is then skipped if the exact cosine agrees, and
+    # overwrites everything if not. Same bits either way.
+    speculate = not cache and t not in (0.0, 1.0) and finite_in and _looks_linear(a, b, in_dtype, work)
+    if speculate:
+        lc0, lc1, _ = slerp.coefficients(torch.ones((1, 1), dtype=work), t)
+        early = _Output(job, in_dtype, out_fd)
+        scratch = [_tensor_buffer(("speculate", k), piece, work) for k in (0, 1)]
     for i, (lo, hi) in enumerate(bounds):
         if cache:  # kept floats are read again in the output pass: quotients go to scratch buffers
             sx, sy = (_tensor_buffer(("dot", k), slerp.CHUNK, work)[: hi - lo] for k in (0, 1))
@@ -208,8 +218,11 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
             continue
         # Decoded and divided in pieces that stay in the CPU's cache; only the products of the whole
         # chunk are kept, for the one sum over the chunk that decides the bits.
-        for piece_lo, piece_hi in _chunks(hi - lo, min(PIECE, slerp.CHUNK)):
+        for piece_lo, piece_hi in _chunks(hi - lo, piece):
             x, y = fa.chunk(lo + piece_lo, lo + piece_hi), fb.chunk(lo + piece_lo, lo + piece_hi)
+            if speculate:
+                n = piece_hi - piece_lo
+                early.write(lo + piece_lo, slerp.combine(x, y, lc0, lc1, out=scratch[0][:n], scratch=scratch[1][:n]))
             slerp.quotient_products(x, y, norm_a, norm_b, out=products[piece_lo:piece_hi])
         slerp.chunk_sum(products[: hi - lo], out=dots[i])
     cosine = slerp.total_cosine(dots)
@@ -225,6 +238,9 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     # |c0·x + c1·y|) stays below the output dtype's largest number; else count it.
     bound = abs(float(c0)) * float(norm_a) + abs(float(c1)) * float(norm_b)
     check_output = not (finite_in and math.isfinite(bound) and bound < 0.99 * FINITE_MAX[job.out_dtype])
+    if speculate and branch == "lerp" and not check_output:
+        report["speculated"] = True
+        return report
     out = _Output(job, in_dtype, out_fd)
     for lo, hi in (bounds if cache else _chunks(a.numel, min(PIECE, slerp.CHUNK))):  # elementwise: any pieces will do
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
@@ -233,6 +249,20 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
         if check_output:
             counts.output += count_nonfinite(final)
     return report
+
+
+SAMPLE = 1 << 16  # elements of each input that _looks_linear reads
+
+
+def _looks_linear(a: "_Source", b: "_Source", in_dtype: str, work) -> bool:
+    """Whether the first SAMPLE elements of the two tensors are nearly colinear (|cosine| above
+    SLERP's threshold, in float64): a cheap guess at the branch, for speculation only."""
+    torch = use_torch()
+    n = min(SAMPLE, a.numel)
+    x = a.tensor(0, n).to(_TORCH_DTYPES[in_dtype]).double()
+    y = b.tensor(0, n).to(_TORCH_DTYPES[in_dtype]).double()
+    scale = float(torch.linalg.vector_norm(x) * torch.linalg.vector_norm(y))
+    return scale > 0 and abs(float(torch.dot(x, y))) / scale > slerp.DOT_THRESHOLD
 
 
 def _json_float(value: float):

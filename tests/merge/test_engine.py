@@ -46,6 +46,25 @@ def test_output_bytes_do_not_depend_on_workers_or_io_chunking(models, tmp_path, 
     assert one == folder_bytes(tmp_path / "w3") == folder_bytes(tmp_path / "streamed")
 
 
+def test_speculated_linear_branch_gives_the_same_bytes(models, tmp_path, monkeypatch):
+    """SLERP writes the linear branch's output during the dot pass when a sample predicts it; right or
+    wrong, the bytes are those of the plain three passes."""
+    monkeypatch.setattr(kernels, "DECODED_BYTES", 0)  # every tensor takes the streaming path
+    config = slerp_config(models)
+    outputs = {}
+    for guess in (None, True, False):
+        if guess is not None:
+            monkeypatch.setattr(kernels, "_looks_linear", lambda *args, guess=guess: guess)
+        run_merge(config, tmp_path / str(guess), workers=1, progress=False, fsync=False)
+        outputs[guess] = load_tensors(tmp_path / str(guess))
+    report = json.loads((tmp_path / "True" / "merge_report.json").read_text())["tensors"]
+    skipped = [name for name, entry in report.items() if entry.get("speculated")]
+    assert skipped and len(skipped) == sum(entry["branch"] == "lerp" and 0 < entry["t"] < 1 for entry in report.values())
+    for name in outputs[None]:
+        assert torch.equal(outputs[None][name].view(torch.int16), outputs[True][name].view(torch.int16)), name
+        assert torch.equal(outputs[None][name].view(torch.int16), outputs[False][name].view(torch.int16)), name
+
+
 @pytest.mark.parametrize("method, params", [("ties", {"rescale": True}), ("dare_ties", {}), ("linear", {})])
 def test_other_methods_do_not_depend_on_workers_or_chunking(models, tmp_path, monkeypatch, method, params):
     """TIES's histograms and cut, DARE's stream and rescale sums, linear's FMAs: the same bytes
