@@ -239,8 +239,7 @@ def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
     bound = abs(float(c0)) * float(norm_a) + abs(float(c1)) * float(norm_b)
     check_output = not (finite_in and math.isfinite(bound) and bound < 0.99 * FINITE_MAX[job.out_dtype])
     if speculate and branch == "lerp" and not check_output:
-        report["speculated"] = True
-        return report
+        return report  # already written
     out = _Output(job, in_dtype, out_fd)
     for lo, hi in (bounds if cache else _chunks(a.numel, min(PIECE, slerp.CHUNK))):  # elementwise: any pieces will do
         x, y = fa.chunk(lo, hi), fb.chunk(lo, hi)
