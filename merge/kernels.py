@@ -8,10 +8,13 @@ SLERP tensors up to DECODED_BYTES per input one decoded copy kept across its pas
 
 All methods run on torch, op for op as mergekit 0.1.5 (methods/slerp.py, methods/gta.py);
 the engine imports torch once before starting workers and keeps each process to one
-torch thread. SLERP makes three passes (norms, dot, output). TIES and DARE, whose
-sparsification needs whole-tensor statistics, make one or two statistics passes
-(a histogram of |δ| for the magnitude cut, L1 sums for `rescale`) before the output
-pass; only `mergekit_sort` holds a whole tensor (torch's own sort of |δ|).
+torch thread. SLERP makes three passes (norms, dot, output; the dot and output passes in
+cache-sized pieces, and the output pass skipped when the linear branch was rightly
+guessed and written during the dot pass). TIES and DARE, whose sparsification needs
+whole-tensor statistics, make one to four statistics passes before the output pass
+(histograms of |δ| for the magnitude cut; L1 sums for `rescale`, torch's own sums over
+one scratch tensor of |δ| in 2 or 4 bytes per element); only `mergekit_sort` holds the
+whole |δ| with its sort indices.
 
 Each job also reports NaN/Inf in its inputs and output (counts), at no cost for SLERP
 whose norms already tell whether an input is finite.
