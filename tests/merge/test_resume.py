@@ -61,3 +61,18 @@ def test_rerun_after_completion_is_a_no_op_and_a_changed_recipe_starts_afresh(mo
     assert folder_bytes(out) == folder_bytes(fresh / "out")
     again = merge_cli(changed, out)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_dare_resumes_with_the_same_masks(models, tmp_path):
+    """A resumed DARE merge draws each remaining tensor's masks from where mergekit's one stream
+    would be, whichever tensors were finished before the kill."""
+    from test_engine import multi_config
+
+    path = tmp_path / "dare.yml"
+    path.write_text(yaml.safe_dump(multi_config(models, "dare_ties")))
+    fresh = merge_cli(path, tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert merge_cli(path, tmp_path / "out", kill_at="tensor:20").returncode == -signal.SIGKILL
+    resumed = merge_cli(path, tmp_path / "out")
+    assert resumed.returncode == 0 and "resuming: 20 of 39" in resumed.stderr, resumed.stderr
+    assert folder_bytes(tmp_path / "out") == folder_bytes(tmp_path / "fresh")
