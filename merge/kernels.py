@@ -362,7 +362,7 @@ class _Model:
 
     def __init__(self, index: int, job: TensorJob, mask_dtype, rng_state):
         p = job.params
-        self.index, self.density, self.weight = index, p["densities"][index], p["weights"][index]
+        self.index, self.density = index, p["densities"][index]
         kind = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random"}.get(job.method)
         self.kind = kind if kind and self.density < 1 else None  # density 1: mergekit returns δ untouched (no draws)
         self.rescale = bool(p["rescale"]) and self.kind is not None
@@ -451,7 +451,7 @@ def _gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, rng_states) -> dic
         counts.output += count_nonfinite(out.write(lo, merged))
     counts.inputs = counts_in
     if magnitude and not p.get("mergekit_sort"):
-        report["ties_at_cut"] = [m.cut[1] for m in magnitude]
+        report["kept_at_cut"] = [m.cut[1] for m in magnitude]  # of the entries equal to the k-th largest |δ|
     return report
 
 
