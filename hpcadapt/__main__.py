@@ -27,12 +27,12 @@ def conf_dir() -> Path:
 
 
 def with_default_experiment(argv: list[str]) -> list[str]:
-    """Add `+experiment=tiny_demo` unless the user chose an experiment (or asked for help).
+    """Add `+experiment=tiny_demo` unless the user chose an experiment or a grid (or asked for help).
 
     Hydra's parser takes overrides as one run of positional arguments, so the default goes
     right before the user's first override (or last, when there is none), never apart.
     """
-    chosen = any(a.lstrip("+~").startswith("experiment=") for a in argv)
+    chosen = any(a.lstrip("+~").startswith(("experiment=", "grid=")) for a in argv)
     helping = any(a in ("-h", "--help", "--hydra-help") for a in argv)
     if chosen or helping:
         return argv
@@ -41,7 +41,11 @@ def with_default_experiment(argv: list[str]) -> list[str]:
 
 
 def run(cfg) -> None:
-    """The Hydra task: validate, then run locally, submit to Slurm, or report status."""
+    """The Hydra task: validate, then run locally, submit to Slurm, or report status.
+
+    A config is one pipeline, or a grid of strategies (`+grid=...`); either is planned as one
+    graph of unique stages by the preparation every launcher shares (hpcadapt/launch/prepare.py).
+    """
     from hpcadapt.config import validate
     from hpcadapt.errors import HpcadaptError
 
@@ -55,13 +59,16 @@ def run(cfg) -> None:
             from hpcadapt.launch.slurm_sweep import in_multirun
 
             if in_multirun():  # the SweepToArrays callback submits every point at the end
-                print(f"hpcadapt: sweep point {cfg.pipeline.name} checked; submitted as arrays when the sweep ends")
+                print(
+                    f"hpcadapt: sweep point {cfg.pipeline.name} checked; submitted with the others when the sweep ends"
+                )
                 return
-            from hpcadapt.launch.slurm_submit import submit_pipeline
+            from hpcadapt.launch.prepare import graph_name, prepare
+            from hpcadapt.launch.slurm_submit import submit_graph
 
-            submit_pipeline(cfg)
+            submit_graph(prepare([cfg], graph_name(cfg)))
         else:
-            from hpcadapt.pipeline import run_local
+            from hpcadapt.launch.local import run_local
 
             run_local(cfg)
     except HpcadaptError as e:

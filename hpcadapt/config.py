@@ -20,10 +20,7 @@ from omegaconf import MISSING
 
 from hpcadapt.attention import CHOICES as ATTENTION_CHOICES
 from hpcadapt.errors import HpcadaptError
-
-TRAINING_KINDS = ("cpt", "sft", "dpo", "orpo", "kto", "simpo")
-PREFERENCE_KINDS = ("dpo", "orpo", "kto", "simpo")
-STAGE_KINDS = ("tiny_init", *TRAINING_KINDS)
+from hpcadapt.stages import kinds
 
 
 @dataclass
@@ -62,7 +59,7 @@ class StageConfig:
     optimisation on 1 GPU or 64.
     """
 
-    kind: str = MISSING  # tiny_init | cpt | sft | dpo | orpo | kto | simpo
+    kind: str = MISSING  # a kind of hpcadapt/stages/kinds.py: tiny_init | cpt | sft | dpo | orpo | kto | simpo
     data: Optional[str] = None  # name of a mix in data.mixes
     learning_rate: float = 2e-5
     lr_scheduler_type: str = "cosine"
@@ -73,11 +70,13 @@ class StageConfig:
     global_batch_size: int = 8
     per_device_train_batch_size: int = 1
     max_length: int = 2048
-    packing: bool = False  # cpt/sft
-    assistant_only_loss: bool = True  # sft: loss only on assistant turns
-    beta: Optional[float] = None  # dpo/orpo/kto/simpo
-    loss_type: Optional[str] = None  # dpo loss variant
-    max_prompt_length: Optional[int] = None
+    # Kind-specific settings: None means the kind's default (hpcadapt/stages/kinds.py); setting
+    # one that the stage's kind does not read is an error.
+    packing: Optional[bool] = None  # cpt (default on), sft (off)
+    assistant_only_loss: Optional[bool] = None  # sft: loss only on assistant turns (default on)
+    beta: Optional[float] = None  # dpo, orpo, kto, simpo (required)
+    loss_type: Optional[str] = None  # dpo loss variant (default sigmoid)
+    max_prompt_length: Optional[int] = None  # orpo, simpo: the prompt's share of max_length
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True
@@ -279,6 +278,23 @@ class WandbConfig:
 
 
 @dataclass
+class GridConfig:
+    """A comparison of strategies, planned as one graph of shared stages (hpcadapt/grid.py).
+
+    `strategies` lists chains by the paper's names (`Instruct-CPT-SFT-ORPO-SLERP`: start
+    model, stages by kind, SLERP or not) or as {start, chain, merge} mappings. The paper
+    sets some stages differently by start model (CPT batch 384 from Base, 192 from
+    Instruct; ORPO's rate and epochs); `from_base` / `from_instruct` hold those settings,
+    stage name -> overrides. An empty list runs `pipeline` alone.
+    """
+
+    name: str = "grid"
+    strategies: List[Any] = field(default_factory=list)
+    from_base: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    from_instruct: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)
@@ -290,7 +306,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
     output_root: str = "outputs"
+    # Modules imported before validation and in every stage process, to register stage kinds
+    # (hpcadapt/stages/kinds.py) or merge methods of one's own.
+    plugins: List[str] = field(default_factory=list)
     data_root: str = "data"  # where local copies of datasets live (conf/config.yaml: $HPCADAPT_DATA)
     dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
     status: bool = False  # show each stage's state instead of running
@@ -307,6 +327,8 @@ class ConfigError(HpcadaptError):
 
 def validate(cfg: Any) -> None:
     """Cross-field checks that types cannot express. Raises ConfigError naming the key."""
+    import_plugins(cfg.plugins)
+    check_known_keys(cfg, "")
     pipe = cfg.pipeline
     if pipe.start not in ("base", "instruct"):
         raise ConfigError(f"pipeline.start must be 'base' or 'instruct', got {pipe.start!r}")
@@ -319,17 +341,21 @@ def validate(cfg: Any) -> None:
         raise ConfigError("a stage appears twice in pipeline.prepare/pipeline.chain; give each use its own name")
     for name, stage in cfg.stages.items():
         key = f"stages.{name}"
-        if stage.kind not in STAGE_KINDS:
-            raise ConfigError(f"{key}.kind is {stage.kind!r}; expected one of {', '.join(STAGE_KINDS)}")
-        if stage.kind in TRAINING_KINDS and not stage.data:
+        kind = kinds.get(stage.kind)
+        if kind.data_fields and not stage.data:
             raise ConfigError(f"{key}.data is not set; a {stage.kind} stage needs a data mix")
         if stage.data and stage.data not in cfg.data.mixes:
             known = ", ".join(sorted(cfg.data.mixes)) or "none"
             raise ConfigError(f"{key}.data names mix {stage.data!r}, not in data.mixes (known: {known})")
-        if stage.kind in ("dpo", "orpo", "kto", "simpo") and stage.beta is None:
-            raise ConfigError(f"{key}.beta is not set; {stage.kind} needs it (the paper used 0.01-0.1)")
-        if stage.beta is not None and stage.kind not in PREFERENCE_KINDS:
-            raise ConfigError(f"{key}.beta is set but a {stage.kind} stage has no beta")
+        for setting in kinds.KIND_SPECIFIC_SETTINGS:
+            value = stage[setting]
+            if value is not None and setting not in kind.reads:
+                reads = ", ".join(kind.reads) or "none of them"
+                raise ConfigError(f"{key}.{setting} is set, but a {stage.kind} stage does not read it (of the "
+                                  f"kind-specific settings it reads {reads}); remove it")
+            if value is None and kind.reads.get(setting, None) is kinds.REQUIRED:
+                raise ConfigError(f"{key}.{setting} is not set; a {stage.kind} stage needs it")
+        check_stage_numbers(stage, key)
         if stage.global_batch_size < stage.per_device_train_batch_size:
             raise ConfigError(
                 f"{key}.global_batch_size ({stage.global_batch_size}) is smaller than "
@@ -341,7 +367,8 @@ def validate(cfg: Any) -> None:
             ident = (src.path, src.split, src.subset)
             if ident in seen:
                 raise ConfigError(
-                    f"data.mixes.{mix_name}.sources[{i}] repeats {src.path!r}; list each dataset once and set its weight"
+                    f"data.mixes.{mix_name}.sources[{i}] repeats {src.path!r}; list each dataset once and set "
+                    f"its weight"
                 )
             seen.add(ident)
             if src.weight <= 0:
@@ -361,13 +388,89 @@ def validate(cfg: Any) -> None:
                 f"cluster.tasks_per_node ({cl.tasks_per_node}) must equal cluster.gpus_per_node "
                 f"({cl.gpus_per_node}): DeepSpeed runs one task per GPU"
             )
+    if cfg.grid.strategies:
+        from hpcadapt.grid import check_overrides, strategies_of
+
+        strategies_of(cfg)  # every name parses and names stages that exist
+        check_overrides(cfg)
     if cfg.model.attn_implementation not in ATTENTION_CHOICES:
-        raise ConfigError(f"model.attn_implementation is {cfg.model.attn_implementation!r}; expected one of "
-                          f"{', '.join(ATTENTION_CHOICES)}")
+        raise ConfigError(
+            f"model.attn_implementation is {cfg.model.attn_implementation!r}; expected one of "
+            f"{', '.join(ATTENTION_CHOICES)}"
+        )
     if cfg.wandb.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
     if cfg.merge.method not in ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"):
         raise ConfigError(f"merge.method {cfg.merge.method!r} is unknown")
+
+
+def check_known_keys(node: Any, where: str) -> None:
+    """Every key of a typed section is a field of its schema. Hydra's `+key=value` (which its
+    own error hint suggests for a misspelt key) adds unknown keys even to typed sections."""
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            check_known_keys(item, f"{where}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    if is_dataclass(schema):
+        known = {f.name for f in fields(schema)}
+        unknown = sorted(set(node.keys()) - known)
+        if unknown:
+            import difflib
+
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}{'.' if where else ''}{unknown[0]} is not a setting{hint}")
+    for key in node.keys():
+        if not OmegaConf.is_missing(node, key):
+            check_known_keys(node._get_node(key), f"{where}.{key}" if where else str(key))
+
+
+def check_stage_numbers(stage: Any, key: str) -> None:
+    """Values that compose (right type) but cannot train, refused before anything runs."""
+    rules = [
+        (stage.learning_rate > 0, "learning_rate must be > 0", stage.learning_rate),
+        (stage.max_length > 0, "max_length must be > 0", stage.max_length),
+        (
+            stage.per_device_train_batch_size >= 1,
+            "per_device_train_batch_size must be >= 1",
+            stage.per_device_train_batch_size,
+        ),
+        (stage.global_batch_size >= 1, "global_batch_size must be >= 1", stage.global_batch_size),
+        (
+            stage.num_train_epochs > 0 or stage.max_steps > 0,
+            "num_train_epochs must be > 0 (or max_steps > 0)",
+            stage.num_train_epochs,
+        ),
+        (0 <= stage.warmup_ratio < 1, "warmup_ratio must be in [0, 1)", stage.warmup_ratio),
+        (stage.warmup_steps >= 0, "warmup_steps must be >= 0", stage.warmup_steps),
+        (stage.weight_decay >= 0, "weight_decay must be >= 0", stage.weight_decay),
+        (stage.beta is None or stage.beta > 0, "beta must be > 0", stage.beta),
+        (
+            stage.max_prompt_length is None or 0 < stage.max_prompt_length < stage.max_length,
+            "max_prompt_length must be > 0 and below max_length",
+            stage.max_prompt_length,
+        ),
+    ]
+    for ok, rule, value in rules:
+        if not ok:
+            raise ConfigError(f"{key}: {rule}, got {value}")
+
+
+def import_plugins(modules: List[str]) -> None:
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"plugins names {module!r}, which cannot be imported ({e})") from None
 
 
 def world_size(cfg: Any) -> int:

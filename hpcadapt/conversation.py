@@ -71,7 +71,11 @@ def _reply_end(text: str, start: int, content: str, after: str, is_last: bool) -
     """Where the rendered reply starting at `start` ends, given the fixed text that follows it."""
     for rendered in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
         end = start + len(rendered)
-        if text[start:end] == rendered and text.startswith(after, end) and (not is_last or end + len(after) == len(text)):
+        if (
+            text[start:end] == rendered
+            and text.startswith(after, end)
+            and (not is_last or end + len(after) == len(text))
+        ):
             return end
     return None
 
@@ -132,5 +136,9 @@ def masked_dataset(dataset, tokenizer, what: str):
             raise DataError(f"{what}, row {index}: the conversation has no assistant reply to train on")
         return {"input_ids": conv.input_ids, "assistant_masks": conv.assistant_masks}
 
-    return dataset.map(convert, with_indices=True, remove_columns=dataset.column_names,
-                       desc="Rendering conversations with assistant masks")
+    return dataset.map(
+        convert,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc="Rendering conversations with assistant masks",
+    )

@@ -10,22 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpcadapt.errors import DataError
-
-# Columns each stage kind reads. Preference data uses TRL's format: `prompt`, `chosen`,
-# `rejected`, each a string or (conversational) a list of {"role", "content"} messages.
-REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "tiny_init": ("text",),
-    "cpt": ("text",),
-    "sft": ("messages",),
-    "dpo": ("prompt", "chosen", "rejected"),
-    "orpo": ("prompt", "chosen", "rejected"),
-    "kto": ("prompt", "chosen", "rejected"),
-    "simpo": ("prompt", "chosen", "rejected"),
-}
+from hpcadapt.stages import kinds
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -41,7 +31,7 @@ def check_source(path: str, kind: str, where: str) -> int:
 
     `where` is the config key (e.g. `data.mixes.sft.sources[0]`) so errors point at it.
     """
-    fields = REQUIRED_FIELDS[kind]
+    fields = kinds.get(kind).data_fields
     if not is_local(path):
         return -1  # a hub id: checked when the stage loads it (needs network or a cache)
     p = Path(path).expanduser()
@@ -133,13 +123,14 @@ def load_mix(sources: list[dict], kind: str, seed: int):
     """Load, weight, concatenate and shuffle a mix's sources into one Dataset."""
     import datasets
 
-    fields = list(REQUIRED_FIELDS[kind])
+    fields = list(kinds.get(kind).data_fields)
     parts = []
     for src in sources:
         ds = _load_source(src)
         missing = [f for f in fields if f not in ds.column_names]
         if missing:
-            raise DataError(f"{src['path']}: columns {_fields(missing)} missing; a {kind} stage needs {_fields(fields)}")
+            raise DataError(f"{src['path']}: columns {_fields(missing)} missing; a {kind} stage needs "
+                            f"{_fields(fields)}")
         ds = ds.select_columns(fields)
         parts.append(_apply_weight(ds, float(src.get("weight", 1.0)), seed))
     mixed = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

@@ -74,7 +74,9 @@ def local_folder(repo_id: str, revision: str, repo_type: str = "model") -> Path:
         return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache_root(),
                                       local_files_only=offline()))
     except Exception as e:  # noqa: BLE001 - huggingface_hub's errors carry no common base
-        raise ConfigError(f"hub {repo_type} {repo_id}@{revision} is not available here ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"hub {repo_type} {repo_id}@{revision} is not available here ({type(e).__name__}: {e})"
+        ) from None
 
 
 def local_model(ref: str, revisions: dict[str, str]) -> str:

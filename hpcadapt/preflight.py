@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from hpcadapt.errors import ModelError
+from hpcadapt.spec import StageSpec
+from hpcadapt.stages import kinds
 
-CHAT_KINDS = ("sft", "dpo", "orpo", "kto", "simpo")
 # Reserved tokens that some model families ship for padding; used before adding one.
 KNOWN_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|padding|>")
 # Unused special tokens that families reserve for later use: Mistral v3's 750 `[control_N]`,
@@ -32,32 +32,33 @@ def has_chat_template_files(model_dir: Path) -> bool:
     return cfg.is_file() and bool(json.loads(cfg.read_text()).get("chat_template"))
 
 
-def ensure_chat_template(tokenizer, kind: str, spec: dict[str, Any], model_path: str) -> list[str]:
+def ensure_chat_template(tokenizer, spec: StageSpec) -> list[str]:
     """A chat stage needs the model's chat template; a Base model borrows its Instruct sibling's.
 
     Order: the model's own template; `model.chat_template_file`; the template of the
     family's Instruct model (`model.instruct`: a Base model fine-tuned in the paper's
     Base-CPT-SFT strategies speaks the format it is later merged with). Never a generic one.
     """
-    if kind not in CHAT_KINDS or tokenizer.chat_template:
+    model_path = spec.input_model
+    if not kinds.get(spec.kind).chat or tokenizer.chat_template:
         return []
-    loading = spec["model_loading"]
+    loading = spec.model_loading
     template_file = loading.get("chat_template_file")
     if template_file:
         tokenizer.chat_template = Path(template_file).read_text()
         return [_notice(f"installed the chat template from {template_file}")]
-    instruct = spec.get("instruct_model")
+    instruct = spec.instruct_model
     if instruct and instruct != model_path:
         from transformers import AutoTokenizer
 
         template = AutoTokenizer.from_pretrained(
-            instruct, revision=spec.get("revisions", {}).get(instruct), trust_remote_code=loading["trust_remote_code"]
+            instruct, revision=spec.revisions.get(instruct), trust_remote_code=loading["trust_remote_code"]
         ).chat_template
         if template:
             tokenizer.chat_template = template
             return [_notice(f"{model_path} has no chat template; using the one of the Instruct model {instruct}")]
     raise ModelError(
-        f"the tokenizer of {model_path} has no chat template, and the {kind} stage formats conversations with "
+        f"the tokenizer of {model_path} has no chat template, and the {spec.kind} stage formats conversations with "
         f"one. hpcadapt never substitutes a generic template; set model.chat_template_file to a Jinja file "
         f"(e.g. the Instruct model's chat_template.jinja)."
     )

@@ -8,12 +8,21 @@ job) leaves only a staging folder, which is also where the next attempt resumes 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hpcadapt.atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from hpcadapt.spec import StageSpec
 
 MANIFEST = "manifest.json"
 
@@ -36,13 +45,6 @@ def read_manifest(stage_dir: Path) -> dict[str, Any]:
     return json.loads((stage_dir / MANIFEST).read_text())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def library_versions() -> dict[str, str]:
     """Versions of what shaped the result, recorded in every manifest."""
     from importlib.metadata import PackageNotFoundError, version
@@ -56,27 +58,27 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def finalize(spec: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def finalize(spec: StageSpec, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Write the manifest into the staging folder and move it to its final name."""
-    staging = Path(spec["staging_dir"])
-    final = Path(spec["stage_dir"])
-    if not spec.get("keep_checkpoints"):
+    staging = Path(spec.staging_dir)
+    final = Path(spec.stage_dir)
+    if not spec.keep_checkpoints:
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
     # The Trainer pickles its arguments next to the weights; a finished model folder
     # should hold nothing that has to be unpickled (spec.json records the settings).
     (staging / "training_args.bin").unlink(missing_ok=True)
+    models = {k: getattr(spec, k) for k in ("input_model", "base_model", "other_model") if getattr(spec, k)}
     manifest = {
-        "name": spec["name"],
-        "kind": spec["kind"],
-        "hash": spec["hash"],
-        "pipeline": spec.get("pipeline"),
-        "inputs": spec.get("inputs", {}),
+        "name": spec.name,
+        "kind": spec.kind,
+        "hash": spec.hash,
+        "pipeline": spec.pipeline,
+        "inputs": spec.inputs,
         # Where the inputs were read from this time (not part of the hash).
-        "sources": {"data": [src["path"] for src in spec.get("data_sources", [])],
-                    "models": {k: spec[k] for k in ("input_model", "base_model", "other_model") if k in spec}
-                    | spec.get("models", {}),
-                    "files": [*spec.get("benchmark", []), *([spec["heldout"]] if spec.get("heldout") else [])]},
-        "settings": spec.get("settings", {}),
+        "sources": {"data": [src["path"] for src in spec.data_sources],
+                    "models": models | spec.models,
+                    "files": [*spec.benchmark, *([spec.heldout] if spec.heldout else [])]},
+        "settings": spec.settings,
         "versions": library_versions(),
         "metrics": metrics,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -91,3 +93,32 @@ def finalize(spec: dict[str, Any], metrics: dict[str, Any], extra: dict[str, Any
         shutil.rmtree(final)
     os.replace(staging, final)
     return final
+
+
+@contextmanager
+def stage_lock(stage_dir: Path) -> Iterator[None]:
+    """Hold a stage folder's lock while its stage runs; if another run holds it, say who and wait.
+
+    An advisory lock on a small file beside the folder: released by the kernel when the
+    holder exits or dies, so a crash never leaves a lock that blocks the next run.
+    """
+    lock_file = stage_dir.parent / f".lock-{stage_dir.name}"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"hpcadapt: waiting for stage {stage_dir.name}: {holder}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"held by pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.spec import StageSpec
+
 SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 
 
@@ -39,20 +41,20 @@ def resolve_mode(settings: dict[str, Any]) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def run_id(spec: dict[str, Any]) -> str:
+def run_id(spec: StageSpec) -> str:
     """Stable across requeues of one stage folder, distinct for every other folder.
 
     The stage hash alone is not enough: two pipelines with the same settings under
     different output roots (a local run and its Slurm twin, a reference run) would share
     it, and W&B refuses a second live run with an id already in use.
     """
-    where = hashlib.sha256(str(Path(spec["stage_dir"]).resolve()).encode()).hexdigest()[:8]
-    return f"{spec['name']}-{spec['hash'][:16]}-{where}"
+    where = hashlib.sha256(str(Path(spec.stage_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{spec.name}-{spec.hash[:16]}-{where}"
 
 
-def start_run(spec: dict[str, Any], job_type: str | None = None):
+def start_run(spec: StageSpec, job_type: str | None = None):
     """Open (or resume) this stage's run on rank 0; returns None where W&B is off."""
-    settings = spec["wandb"]
+    settings = spec.wandb
     mode = resolve_mode(settings)
     if mode == "disabled" or int(os.environ.get("RANK", 0)) != 0:
         return None
@@ -63,25 +65,25 @@ def start_run(spec: dict[str, Any], job_type: str | None = None):
     os.environ.pop("WANDB_SERVICE", None)
     import wandb
 
-    root = Path(spec["stage_dir"]).parent.parent  # output_root: keeps wandb/ out of the stage folder
+    root = Path(spec.stage_dir).parent.parent  # output_root: keeps wandb/ out of the stage folder
     os.environ.setdefault("WANDB_LOG_MODEL", "false")
     return wandb.init(
         project=settings["project"],
         entity=settings.get("entity"),
         group=settings["group"],
-        job_type=job_type or spec["kind"],
-        name=f"{spec['name']}-{spec['hash'][:8]}",
+        job_type=job_type or spec.kind,
+        name=f"{spec.name}-{spec.hash[:8]}",
         id=run_id(spec),
         resume="allow",
         mode=mode,
         dir=str(root),
         tags=list(settings.get("tags", [])),
-        config=scrub({"stage": spec["name"], "settings": spec["settings"], "inputs": spec.get("inputs"),
+        config=scrub({"stage": spec.name, "settings": spec.settings, "inputs": spec.inputs,
                       "hpcadapt": settings.get("config", {})}),
     )
 
 
-def close_run(spec: dict[str, Any]) -> None:
+def close_run(spec: StageSpec) -> None:
     """Log the finished stage folder as a reference artifact (no upload of the weights), then finish.
 
     Parent stages logged the same way are marked as used, so W&B's lineage graph shows
@@ -93,13 +95,13 @@ def close_run(spec: dict[str, Any]) -> None:
     run = wandb.run if wandb is not None else None
     if run is None:
         return
-    parents = [spec.get(k) for k in ("input_model", "base_model", "other_model")]
+    parents = [spec.input_model, spec.base_model, spec.other_model]
     for parent in [p for p in parents if p and Path(p, "manifest.json").is_file()]:
         try:
             run.use_artifact(f"{Path(parent).name}:latest")
         except Exception:  # noqa: BLE001 - the parent was not logged (W&B off then, or another project)
             pass
-    art = wandb.Artifact(Path(spec["stage_dir"]).name, type="model", metadata={"kind": spec["kind"]})
-    art.add_reference(f"file://{spec['stage_dir']}", checksum=False)
+    art = wandb.Artifact(Path(spec.stage_dir).name, type="model", metadata={"kind": spec.kind})
+    art.add_reference(f"file://{spec.stage_dir}", checksum=False)
     run.log_artifact(art)
     run.finish()

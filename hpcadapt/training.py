@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcadapt import attention
+from hpcadapt import attention, stop_flag
+from hpcadapt.atomic import replacing, write_json_atomic
 from hpcadapt.config import ConfigError
 from hpcadapt.errors import ModelError
-from hpcadapt.stagedir import write_json_atomic
+from hpcadapt.spec import StageSpec
 
 
 @dataclass
 class Env:
     rank: int
-    local_rank: int
     world_size: int
     cuda: bool
     bf16: bool
@@ -44,7 +44,7 @@ class Env:
 SINGLE_PROCESS_DROPPED_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
-def setup(spec: dict[str, Any]) -> Env:
+def setup(spec: StageSpec) -> Env:
     """Read the distributed environment and start DeepSpeed/torch.distributed if needed."""
     import torch
 
@@ -52,12 +52,12 @@ def setup(spec: dict[str, Any]) -> Env:
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available()
-    dtype = spec["model_loading"]["dtype"]
+    dtype = spec.model_loading["dtype"]
     bf16 = cuda and dtype == "bfloat16" and torch.cuda.is_bf16_supported()
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(local_rank)
-    if spec["deepspeed"]["enabled"]:
+    if spec.deepspeed["enabled"]:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
         import deepspeed
 
@@ -70,7 +70,7 @@ def setup(spec: dict[str, Any]) -> Env:
         # whose per-step all-reduce made a tiny CPU stage 13-20% slower.
         for key in SINGLE_PROCESS_DROPPED_KEYS:
             os.environ.pop(key, None)
-    return Env(rank=rank, local_rank=local_rank, world_size=world, cuda=cuda, bf16=bf16)
+    return Env(rank=rank, world_size=world, cuda=cuda, bf16=bf16)
 
 
 def deepspeed_config(ds: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,18 +106,18 @@ def deepspeed_config(ds: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def trainer_kwargs(spec: dict[str, Any], env: Env) -> dict[str, Any]:
+def trainer_kwargs(spec: StageSpec, env: Env) -> dict[str, Any]:
     """Arguments common to every TRL config, from the stage's settings."""
-    s = spec["settings"]
+    s = spec.settings
     per_step = s["per_device_train_batch_size"] * env.world_size
     if s["global_batch_size"] % per_step:
         raise ConfigError(
-            f"stages.{spec['name']}.global_batch_size ({s['global_batch_size']}) is not a multiple of "
+            f"stages.{spec.name}.global_batch_size ({s['global_batch_size']}) is not a multiple of "
             f"per_device_train_batch_size ({s['per_device_train_batch_size']}) x world size ({env.world_size})"
         )
-    wandb_on = spec["wandb"]["enabled"] and spec["wandb"].get("mode") != "disabled"
+    wandb_on = spec.wandb["enabled"] and spec.wandb.get("mode") != "disabled"
     kwargs: dict[str, Any] = dict(
-        output_dir=str(Path(spec["staging_dir"]) / "checkpoints"),
+        output_dir=str(Path(spec.staging_dir) / "checkpoints"),
         learning_rate=s["learning_rate"],
         lr_scheduler_type=s["lr_scheduler_type"],
         # transformers 5 reads a value below 1 as a fraction of the total steps
@@ -138,11 +138,11 @@ def trainer_kwargs(spec: dict[str, Any], env: Env) -> dict[str, Any]:
         save_steps=s["save_steps"] if s["save_steps"] > 0 else 500,
         save_total_limit=2,
         report_to=["wandb"] if wandb_on else [],
-        run_name=f"{spec['wandb']['group']}/{spec['name']}",
+        run_name=f"{spec.wandb['group']}/{spec.name}",
         use_cpu=not env.cuda,
         bf16=env.bf16,
         fp16=False,
-        deepspeed=deepspeed_config(spec["deepspeed"]),
+        deepspeed=deepspeed_config(spec.deepspeed),
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
@@ -154,30 +154,30 @@ def trainer_kwargs(spec: dict[str, Any], env: Env) -> dict[str, Any]:
     return kwargs
 
 
-def with_extra(kwargs: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+def with_extra(kwargs: dict[str, Any], spec: StageSpec) -> dict[str, Any]:
     """Apply `stages.NAME.extra` last, so users can set any TRL option we do not model."""
-    return {**kwargs, **spec["settings"].get("extra", {})}
+    return {**kwargs, **spec.settings.get("extra", {})}
 
 
-def load_tokenizer(path: str, spec: dict[str, Any]):
+def load_tokenizer(path: str, spec: StageSpec):
     from transformers import AutoTokenizer
 
-    loading = spec["model_loading"]
+    loading = spec.model_loading
     return AutoTokenizer.from_pretrained(
-        path, revision=spec.get("revisions", {}).get(path), trust_remote_code=loading["trust_remote_code"]
+        path, revision=spec.revisions.get(path), trust_remote_code=loading["trust_remote_code"]
     )
 
 
-def load_model(path: str, spec: dict[str, Any], env: Env):
+def load_model(path: str, spec: StageSpec, env: Env):
     """Load weights from safetensors only. Call after the TRL config exists (ZeRO-3 init)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    loading = spec["model_loading"]
+    loading = spec.model_loading
     # Under DeepSpeed the optimizer keeps an fp32 master copy of bf16 weights. Without it the
     # weights themselves must be fp32 (the Trainer then computes in bf16 autocast): AdamW on
     # bf16 weights at the paper's DPO rate of 5e-7 leaves 99% of them unchanged per step.
-    dtype = torch.bfloat16 if env.bf16 and spec["deepspeed"]["enabled"] else torch.float32
+    dtype = torch.bfloat16 if env.bf16 and spec.deepspeed["enabled"] else torch.float32
     attn = attention.resolve(loading["attn_implementation"], env.cuda)
     if attn != loading["attn_implementation"] and env.is_main:
         print(f"hpcadapt: model.attn_implementation=auto: using {attn}", flush=True)
@@ -185,20 +185,20 @@ def load_model(path: str, spec: dict[str, Any], env: Env):
         path,
         dtype=dtype,
         attn_implementation=attn,
-        revision=spec.get("revisions", {}).get(path),
+        revision=spec.revisions.get(path),
         trust_remote_code=loading["trust_remote_code"],
         use_safetensors=True,
     )
     return model
 
 
-def load_reference_model(spec: dict[str, Any], env: Env, tokenizer):
+def load_reference_model(spec: StageSpec, env: Env, tokenizer):
     """The frozen reference of DPO/KTO: its own `from_pretrained`, in eval mode.
 
     Never a deep copy: under ZeRO-3 a copy of a partitioned model holds empty tensors.
     Its vocabulary follows the tokenizer's if a pad token was added to the policy.
     """
-    ref = load_model(spec["input_model"], spec, env).eval()
+    ref = load_model(spec.input_model, spec, env).eval()
     if ref.get_input_embeddings().weight.shape[0] != len(tokenizer):
         ref.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return ref
@@ -214,7 +214,8 @@ def count_tokens(dataset) -> dict[str, int]:
         counts["tokens"] += pc.sum(pc.list_value_length(batch["input_ids"])).as_py() or 0
         if "labels" in batch.column_names:
             labels = pc.list_flatten(batch["labels"])
-            counts["loss_tokens"] = counts.get("loss_tokens", 0) + (pc.sum(pc.not_equal(labels, -100).cast("int64")).as_py() or 0)
+            trained = pc.sum(pc.not_equal(labels, -100).cast("int64")).as_py() or 0
+            counts["loss_tokens"] = counts.get("loss_tokens", 0) + trained
     return counts
 
 
@@ -242,8 +243,6 @@ def checkpoint_callback(every_minutes: float):
     import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
-
-    from hpcadapt import stop_flag
 
     class CheckpointCallback(TrainerCallback):
         preempted = False
@@ -274,11 +273,11 @@ def checkpoint_callback(every_minutes: float):
     return CheckpointCallback()
 
 
-def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
+def resume_checkpoint(spec: StageSpec, env: Env) -> str | None:
     """The newest checkpoint of an interrupted attempt, checked against this world size."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    staging = Path(spec["staging_dir"])
+    staging = Path(spec.staging_dir)
     ckpt_root = staging / "checkpoints"
     record = staging / "world_size.json"
     last = get_last_checkpoint(str(ckpt_root)) if ckpt_root.is_dir() else None
@@ -286,7 +285,7 @@ def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
         before = json.loads(record.read_text())["world_size"]
         if before != env.world_size:
             raise ModelError(
-                f"stage {spec['name']} has a checkpoint ({last}) written by {before} processes, but this run has "
+                f"stage {spec.name} has a checkpoint ({last}) written by {before} processes, but this run has "
                 f"{env.world_size}. DeepSpeed checkpoints cannot be resumed on a different world size: run the stage "
                 f"again with {before} processes (cluster.nprocs, or nodes x tasks_per_node on Slurm), or delete "
                 f"{ckpt_root} to restart the stage from its input model."
@@ -296,20 +295,20 @@ def resume_checkpoint(spec: dict[str, Any], env: Env) -> str | None:
     return last
 
 
-def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: list[str]) -> dict[str, Any]:
+def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[str]) -> dict[str, Any]:
     """Train (resuming if possible), save the complete model folder, verify, report."""
     import torch.distributed as dist
 
     record_partition(trainer.model, spec, env)
-    preemption = checkpoint_callback(spec["settings"].get("checkpoint_every_minutes", 0.0))
+    preemption = checkpoint_callback(spec.settings.get("checkpoint_every_minutes", 0.0))
     trainer.add_callback(preemption)
     checkpoint = resume_checkpoint(spec, env)
     if checkpoint and env.is_main:
-        print(f"hpcadapt: resuming {spec['name']} from {checkpoint}", flush=True)
+        print(f"hpcadapt: resuming {spec.name} from {checkpoint}", flush=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if preemption.preempted:
-        raise stop_flag.StagePreempted(f"stage {spec['name']} stopped at step {trainer.state.global_step} on request")
-    out = Path(spec["staging_dir"])
+        raise stop_flag.StagePreempted(f"stage {spec.name} stopped at step {trainer.state.global_step} on request")
+    out = Path(spec.staging_dir)
     trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
     if env.is_main:
         tokenizer.save_pretrained(str(out))
@@ -320,16 +319,19 @@ def train_and_save(trainer, tokenizer, spec: dict[str, Any], env: Env, notes: li
             gen.eos_token_id = stop_token_ids(gen, tokenizer)
             gen.save_pretrained(str(out))
         verify_saved(out, expected_parameters(trainer.model), spec)
-        store_in_dtype(out, spec["model_loading"]["dtype"])
-        write_history(trainer.state.log_history, out, spec["name"])
+        store_in_dtype(out, spec.model_loading["dtype"])
+        write_history(trainer.state.log_history, out, spec.name)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     speed = measured_speed(trainer, result, spec, env)
     if env.is_main and speed.get("tokens_per_s_per_gpu"):
         mfu = f", MFU {speed['mfu']:.1%}" if speed.get("mfu") else ""
-        print(f"hpcadapt: {spec['name']}: {speed['tokens_per_s_per_gpu']:,.0f} tokens/s per "
-              f"{'GPU' if env.cuda else 'process'}{mfu}, peak memory {speed['peak_memory_gib']} GiB", flush=True)
+        print(
+            f"hpcadapt: {spec.name}: {speed['tokens_per_s_per_gpu']:,.0f} tokens/s per "
+            f"{'GPU' if env.cuda else 'process'}{mfu}, peak memory {speed['peak_memory_gib']} GiB",
+            flush=True,
+        )
     return {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -358,7 +360,7 @@ def stop_token_ids(generation_config, tokenizer) -> int | list[int]:
     return ids[0] if len(ids) == 1 else ids
 
 
-def measured_speed(trainer, result, spec: dict[str, Any], env: Env) -> dict[str, Any]:
+def measured_speed(trainer, result, spec: StageSpec, env: Env) -> dict[str, Any]:
     """Tokens/s per GPU, MFU and peak memory of this run (hpcadapt/throughput.py)."""
     import resource
 
@@ -368,8 +370,15 @@ def measured_speed(trainer, result, spec: dict[str, Any], env: Env) -> dict[str,
 
     tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)  # TRL counts all ranks
     device = torch.cuda.get_device_name() if env.cuda else "cpu"
-    speed = stage_throughput(tokens, result.metrics.get("train_runtime"), env.world_size, trainer.model.config,
-                             expected_parameters(trainer.model), spec["settings"]["max_length"], device)
+    speed = stage_throughput(
+        tokens,
+        result.metrics.get("train_runtime"),
+        env.world_size,
+        trainer.model.config,
+        expected_parameters(trainer.model),
+        spec.settings["max_length"],
+        device,
+    )
     if env.cuda:
         speed["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     else:  # this process's peak resident memory
@@ -377,7 +386,7 @@ def measured_speed(trainer, result, spec: dict[str, Any], env: Env) -> dict[str,
     return speed
 
 
-def record_partition(model, spec: dict[str, Any], env: Env) -> None:
+def record_partition(model, spec: StageSpec, env: Env) -> None:
     """Write how many parameter elements this rank holds, to show ZeRO-3 really shards.
 
     Under ZeRO-3 each rank holds `ds_tensor`, a 1/world_size slice of every parameter;
@@ -388,10 +397,11 @@ def record_partition(model, spec: dict[str, Any], env: Env) -> None:
         shard = getattr(p, "ds_tensor", None)
         local += shard.numel() if shard is not None else p.numel()
     full = expected_parameters(model)
-    logs = Path(spec["staging_dir"]) / "logs"
+    logs = Path(spec.staging_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (logs / f"partition_rank{env.rank}.json").write_text(json.dumps(
-        {"rank": env.rank, "world_size": env.world_size, "full_numel": full, "local_numel": local}))
+    (logs / f"partition_rank{env.rank}.json").write_text(
+        json.dumps({"rank": env.rank, "world_size": env.world_size, "full_numel": full, "local_numel": local})
+    )
 
 
 def expected_parameters(model) -> int:
@@ -429,11 +439,11 @@ def saved_bytes(model_dir: Path) -> int:
     return sum(info["data_offsets"][1] - info["data_offsets"][0] for info in saved_headers(model_dir))
 
 
-def verify_saved(model_dir: Path, expected: int, spec: dict[str, Any]) -> None:
+def verify_saved(model_dir: Path, expected: int, spec: StageSpec) -> None:
     saved = saved_parameters(model_dir)
     if saved < expected:
         raise ModelError(
-            f"stage {spec['name']}: the saved weights in {model_dir} hold {saved:,} parameters but the model has "
+            f"stage {spec.name}: the saved weights in {model_dir} hold {saved:,} parameters but the model has "
             f"{expected:,}. Under ZeRO-3 set deepspeed.gather_16bit_weights_on_model_save=true, or consolidate "
             f"the checkpoint with DeepSpeed's zero_to_fp32."
         )
@@ -456,9 +466,8 @@ def store_in_dtype(model_dir: Path, dtype: str) -> None:
         if all(t.dtype == target or not t.is_floating_point() for t in tensors.values()):
             continue
         cast = {k: t.to(target) if t.is_floating_point() else t for k, t in tensors.items()}
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        save_file(cast, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, shard)
+        with replacing(shard) as tmp:
+            save_file(cast, str(tmp), metadata={"format": "pt"})
     index_file = model_dir / "model.safetensors.index.json"
     if index_file.is_file():
         index = json.loads(index_file.read_text())

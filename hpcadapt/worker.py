@@ -5,10 +5,10 @@
 starts one ahead of time, so the next stage does not wait 4-8 s for torch,
 transformers and TRL to import.
 
-Every rank of a stage runs this, locally (hpcadapt/launch/local.py starts N of them) or
+Every rank of a stage runs this, locally (hpcadapt/launch/processes.py starts N of them) or
 as Slurm tasks (hpcadapt/launch/slurm_job.py), with the torch distributed environment
 (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) already set. The
-stage's recipe is `hpcadapt/stages/<kind>.py`; rank 0 finalizes the folder at the end.
+stage's recipe is the module its kind names in `hpcadapt/stages/kinds.py`; rank 0 finalizes the folder at the end.
 
 A job that finds its stage already complete returns at once, so requeues and duplicate
 submissions are harmless.
@@ -17,7 +17,6 @@ submissions are harmless.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
@@ -25,38 +24,30 @@ import warnings
 from pathlib import Path
 
 from hpcadapt import tracking
-from hpcadapt.stop_flag import StagePreempted, request_stop  # noqa: F401  (the job protocol: slurm_job calls them)
+from hpcadapt.config import import_plugins
+from hpcadapt.spec import StageSpec
 from hpcadapt.stagedir import finalize, is_complete
-
-RECIPES = {
-    "tiny_init": "tiny_init",
-    "cpt": "cpt",
-    "sft": "sft",
-    "dpo": "dpo",
-    "orpo": "orpo",
-    "kto": "kto",
-    "simpo": "simpo",
-    "merge": "merge",
-    "eval": "evaluate",
-}
+from hpcadapt.stages import kinds
+from hpcadapt.stop_flag import StagePreempted, request_stop  # noqa: F401  (the job protocol: slurm_job calls them)
 
 
 def run_stage(spec_path: str | Path) -> None:
     # torch.distributed's deprecation notices fire on every ZeRO-3 collective.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    spec = json.loads(Path(spec_path).read_text())
-    if is_complete(Path(spec["stage_dir"])):
-        print(f"hpcadapt: stage {spec['name']} is already complete: {spec['stage_dir']}", flush=True)
+    spec = StageSpec.read(spec_path)
+    if is_complete(Path(spec.stage_dir)):
+        print(f"hpcadapt: stage {spec.name} is already complete: {spec.stage_dir}", flush=True)
         return
-    Path(spec["staging_dir"]).mkdir(parents=True, exist_ok=True)
-    recipe = importlib.import_module(f"hpcadapt.stages.{RECIPES[spec['kind']]}")
+    Path(spec.staging_dir).mkdir(parents=True, exist_ok=True)
+    import_plugins(spec.plugins)
+    recipe = importlib.import_module(kinds.get(spec.kind).recipe)
     started = time.time()
     metrics = recipe.run(spec)
     if int(os.environ.get("RANK", 0)) == 0:
         metrics = {**(metrics or {}), "wall_s": round(time.time() - started, 2)}
         final = finalize(spec, metrics)
         tracking.close_run(spec)
-        print(f"hpcadapt: stage {spec['name']} complete: {final}", flush=True)
+        print(f"hpcadapt: stage {spec.name} complete: {final}", flush=True)
 
 
 def warm_up() -> None:
@@ -72,11 +63,21 @@ def warm_up() -> None:
     from hpcadapt import datamix, training  # noqa: F401
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can act on, from any stage: hpcadapt's own (the evaluation's among them) and
+    the merger's, which imports nothing from hpcadapt. They end the stage with exit code 2 and
+    one paragraph; anything else is a bug and keeps its traceback."""
+    from hpcadapt_merge.checkpoint import CheckpointError
+    from hpcadapt_merge.config import ConfigError as MergeConfigError
+
+    from hpcadapt.errors import HpcadaptError
+
+    return HpcadaptError, MergeConfigError, CheckpointError
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m hpcadapt.worker SPEC.json | --warm (then 'PORT SPEC_PATH' on stdin)")
-    from hpcadapt.errors import HpcadaptError
-
     spec_path = sys.argv[1]
     if spec_path == "--warm":
         warm_up()
@@ -86,7 +87,7 @@ def main() -> None:
         os.environ["MASTER_PORT"] = port
     try:
         run_stage(spec_path)
-    except HpcadaptError as e:
+    except user_errors() as e:
         print(f"\nhpcadapt: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except StagePreempted as e:

@@ -59,10 +59,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
 
-    from hpcadapt.eval.results import write_atomic
+    from hpcadapt_merge import run_merge
+
+    from hpcadapt.atomic import write_atomic
     from hpcadapt.eval.suite import evaluate_models
     from hpcadapt.eval.sweep import default_schedules, sweep_schedules
-    from hpcadapt_merge import run_merge
 
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -105,17 +106,28 @@ def main(argv=None) -> int:
 
     rows = {name: {"in_memory_s": med(in_memory[name]), "in_memory_merge_s": med(memory_merge[name]),
                    "disk_s": med(on_disk[name]), "disk_merge_s": med(disk_merge[name])} for name in schedules}
-    summary = {"parameters": params, "disk_bytes_per_schedule": written, "questions": args.questions, "repeats": args.repeats, "schedules": rows,
-               "sweep_total_s (incl. one model load)": med(sweep_totals),
-               "disk_total_s": med([sum(on_disk[n][r] for n in schedules) for r in range(args.repeats)])}
+    summary = {
+        "parameters": params,
+        "disk_bytes_per_schedule": written,
+        "questions": args.questions,
+        "repeats": args.repeats,
+        "schedules": rows,
+        "sweep_total_s (incl. one model load)": med(sweep_totals),
+        "disk_total_s": med([sum(on_disk[n][r] for n in schedules) for r in range(args.repeats)]),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "bench_eval.json", json.dumps(summary, indent=1))
     plot(rows, args.out / "bench_eval.png", params)
     print(f"{'schedule':14} {'in-memory s':>12} {'(merge)':>8} {'disk s':>8} {'(merge)':>8}")
     for name, row in rows.items():
-        print(f"{name:14} {row['in_memory_s']:12.2f} {row['in_memory_merge_s']:8.2f} {row['disk_s']:8.2f} {row['disk_merge_s']:8.2f}")
-    print(f"whole sweep in memory {summary['sweep_total_s (incl. one model load)']:.2f} s; "
-          f"merge-to-disk then evaluate {summary['disk_total_s']:.2f} s")
+        print(
+            f"{name:14} {row['in_memory_s']:12.2f} {row['in_memory_merge_s']:8.2f} {row['disk_s']:8.2f} "
+            f"{row['disk_merge_s']:8.2f}"
+        )
+    print(
+        f"whole sweep in memory {summary['sweep_total_s (incl. one model load)']:.2f} s; "
+        f"merge-to-disk then evaluate {summary['disk_total_s']:.2f} s"
+    )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

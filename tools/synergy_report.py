@@ -1,7 +1,8 @@
 """Write a synergy report from saved evaluation results (results.json of evaluate_models).
 
     python tools/synergy_report.py EVAL_DIR --merged merged --parents instruct orpo --out REPORT_DIR \
-        [--t-spec '[{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": 0.5}]'] [--n-boot 2000] [--seed 0]
+        [--t-spec '[{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": 0.5}]'] \
+        [--n-boot 2000] [--seed 0]
 
 Prints the summary; report.md, report.json and the PNG plots go to REPORT_DIR.
 """
@@ -34,8 +35,16 @@ def main(argv=None) -> int:
         parser.error(f"--t-spec is not valid JSON: {error}")
     try:
         results = EvalResults.load(args.results)
-        report = synergy_report(results, args.merged, tuple(args.parents), args.out, n_boot=args.n_boot,
-                                seed=args.seed, t_spec=t_spec, num_layers=args.num_layers)
+        report = synergy_report(
+            results,
+            args.merged,
+            tuple(args.parents),
+            args.out,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            t_spec=t_spec,
+            num_layers=args.num_layers,
+        )
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,8 +13,6 @@ same `data_root` (HPCADAPT_DATA) the jobs will read.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from hpcadapt import hub
+from hpcadapt.atomic import replacing, write_json_atomic
 from hpcadapt.config import ConfigError
-from hpcadapt.datamix import REQUIRED_FIELDS
 from hpcadapt.errors import DataError, HpcadaptError
+from hpcadapt.stages import kinds
 
 USAGE = "usage: python -m hpcadapt.data fetch [+experiment=NAME] [overrides...]"
 
@@ -49,8 +48,8 @@ def fetches(cfg: Any) -> list[Fetch]:
 
     found = []
     for mix_name, mix in cfg.data.mixes.items():
-        kinds = sorted({stage.kind for stage in cfg.stages.values() if stage.data == mix_name})
-        needed = tuple(dict.fromkeys(f for kind in kinds for f in REQUIRED_FIELDS[kind]))
+        users = sorted({stage.kind for stage in cfg.stages.values() if stage.data == mix_name})
+        needed = tuple(dict.fromkeys(f for kind in users for f in kinds.get(kind).data_fields))
         for i, source in enumerate(mix.sources):
             if source.hub is None:
                 continue
@@ -99,14 +98,12 @@ def fetch_one(item: Fetch) -> dict[str, Any]:
     raw = datasets.load_dataset(origin["id"], origin.get("subset"), split=origin.get("split", "train"),
                                 revision=revision)
     rows = convert_rows(raw, origin, item.fields)
-    item.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = item.path.with_name(f".{item.path.name}.tmp{os.getpid()}")
-    rows.to_json(str(tmp), lines=True, force_ascii=False)
     record = {"id": origin["id"], "subset": origin.get("subset"), "split": origin.get("split", "train"),
               "revision": revision, "rows": len(rows), "rows_in_hub_split": len(raw), "fields": list(item.fields),
               "convert": origin.get("convert"), "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    Path(f"{item.path}.source.json").write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, item.path)
+    with replacing(item.path) as tmp:
+        rows.to_json(str(tmp), lines=True, force_ascii=False)
+        write_json_atomic(Path(f"{item.path}.source.json"), record)
     return record
 
 

@@ -34,8 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import phrasings as P
-from .world import ALLOY_PROPERTIES, THINGS, Alloy, Thing, make_alloys, property_text, property_values
-from .world import DAYS, NUMBER_WORDS, OPPOSITES, PEOPLE, WEATHER
+from .world import (
+    ALLOY_PROPERTIES,
+    DAYS,
+    NUMBER_WORDS,
+    OPPOSITES,
+    PEOPLE,
+    THINGS,
+    WEATHER,
+    Alloy,
+    Thing,
+    make_alloys,
+    property_text,
+    property_values,
+)
 
 FORMAT_VERSION = 1
 LETTERS = "ABCDEFGH"
@@ -75,7 +87,7 @@ class DomainFiles:
     manifest: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "DomainFiles":
+    def at(cls, root: str | Path) -> DomainFiles:
         root = Path(root)
         paths = {name.removesuffix(".jsonl"): root / name for name in FILE_NAMES}
         return cls(root=root, manifest=root / MANIFEST, **paths)
@@ -399,7 +411,7 @@ def advanced_benchmark(rng: random.Random, alloys: list[Alloy]) -> list[dict]:
         value = property_text(alloy, prop)
         choices, letter = _shuffled_choices(rng, value, _distractors(rng, value, property_values(prop, alloys)))
         add(_fill(P.BENCH_TWO_STEP_MC[prop], d=alloy.discoverer), "two-step", letter, choices)
-    for k in range(12):
+    for _ in range(12):
         a, b = _distinct_by(rng, alloys, "melting_point", 2)
         add(_fill(P.BENCH_MELTS_HIGHER_TF, a=a.name, b=b.name), "comparison", str(a.melting_point > b.melting_point))
     for k in range(12):  # half the pairs share a structure, half do not

@@ -12,11 +12,13 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcadapt.errors import HpcadaptError
+
 LETTERS = string.ascii_uppercase
 TRUE_FALSE = ("True", "False")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(HpcadaptError, ValueError):
     """A benchmark or held-out file that cannot be scored as written."""
 
 

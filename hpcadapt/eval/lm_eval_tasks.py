@@ -17,9 +17,10 @@ import json
 import re
 from pathlib import Path
 
+from hpcadapt.atomic import write_atomic
+
 from .benchmark import read_benchmark_file
 from .prompts import ANSWER_LEAD, INSTRUCTION, question_text
-from .results import write_atomic
 
 
 def lm_eval_available() -> bool:

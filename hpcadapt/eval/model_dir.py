@@ -6,12 +6,13 @@ cause of silently garbled benchmark answers) is reported before any weights load
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from hpcadapt.errors import HpcadaptError
 
-class ModelDirError(ValueError):
+
+class ModelDirError(HpcadaptError, ValueError):
     """A model folder that cannot be evaluated as it stands."""
 
 
@@ -50,26 +51,34 @@ def chat_template_of(folder: Path) -> str | None:
     return None
 
 
-def tokenizer_fingerprint(folder: str | Path) -> str:
-    """A hash of the vocabulary and special tokens, equal for interchangeable tokenizers."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.is_file():
-        data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-        digest.update(json.dumps(data.get("model", {}).get("vocab"), sort_keys=True).encode())
-        added = [(t.get("id"), t.get("content")) for t in data.get("added_tokens", [])]
-        digest.update(json.dumps(sorted(added)).encode())
-    else:
-        digest.update((folder / "tokenizer.model").read_bytes())
-    return digest.hexdigest()
+def tokenizer_vocabulary(folder: str | Path) -> dict[str, int] | None:
+    """token -> id over the whole vocabulary (added tokens included), from tokenizer.json."""
+    tokenizer_json = Path(folder) / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        return None
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = dict(data.get("model", {}).get("vocab") or {})
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    return vocab
 
 
 def check_same_tokenizer(dirs: dict[str, str | Path]) -> None:
-    """Raise if the named model folders do not share one tokenizer (merge parents must)."""
-    prints = {name: tokenizer_fingerprint(check_model_dir(path, name)) for name, path in dirs.items()}
-    if len(set(prints.values())) > 1:
-        detail = ", ".join(f"{name}={Path(dirs[name])}" for name in prints)
+    """Raise unless the named model folders tokenize text alike (merge parents and merges must).
+
+    A vocabulary grown only by appended tokens (a pad token added during training) still
+    tokenizes every text the same way, so it counts as the same tokenizer."""
+    folders = {name: check_model_dir(path, name) for name, path in dirs.items()}
+    vocabularies = {name: tokenizer_vocabulary(folder) for name, folder in folders.items()}
+    if any(v is None for v in vocabularies.values()):  # sentencepiece files only: compare them byte for byte
+        files = {name: (folder / "tokenizer.model").read_bytes() for name, folder in folders.items()}
+        same = len(set(files.values())) == 1
+    else:
+        smallest = min(vocabularies.values(), key=len)
+        same = all(all(v.get(token) == i for token, i in smallest.items()) and
+                   all(i >= len(smallest) for token, i in v.items() if token not in smallest)
+                   for v in vocabularies.values())
+    if not same:
+        detail = ", ".join(f"{name}={Path(dirs[name])}" for name in folders)
         raise ModelDirError(
             f"models have different tokenizers ({detail}): a merge and its parents must share one "
             "vocabulary, or their scores are not comparable"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .benchmark import LETTERS, TRUE_FALSE
+from .benchmark import TRUE_FALSE
 
 # A letter standing alone at the start: "B", "(B)", "B)", "B.", "B:", "[B]", "**B**".
 _LEADING_LETTER = re.compile(r"^[\s*\[(\"'`]*([A-Za-z])([\])\"'`*]+[.:,]?|[.:,]|\s+[-–])?(?=\s|$)")

@@ -7,10 +7,10 @@ paired bootstrap needs to know which questions each model got right.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hpcadapt.atomic import write_atomic
 
 METRICS = {  # metric name -> (protocol, record key)
     "loglik_acc": ("loglik", "acc"),
@@ -32,7 +32,7 @@ class EvalResults:
     perplexity: dict[str, float | None] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def add_model(self, name: str, source: "EvalResults", source_name: str | None = None) -> None:
+    def add_model(self, name: str, source: EvalResults, source_name: str | None = None) -> None:
         """Copy one model's records from other results on the same questions (e.g. a sweep's schedule)."""
         source_name = source_name or name
         if source.protocols != self.protocols or source.sets != self.sets:
@@ -45,7 +45,9 @@ class EvalResults:
         """Metric names available for these protocols, e.g. "generate_acc"."""
         return [name for name, (protocol, _) in METRICS.items() if protocol in self.protocols]
 
-    def scores(self, model: str, metric: str, set_name: str = ALL_SETS, category: str | None = None) -> dict[str, float]:
+    def scores(
+        self, model: str, metric: str, set_name: str = ALL_SETS, category: str | None = None
+    ) -> dict[str, float]:
         """Per-question 0/1 scores keyed by "set/id", filtered by set and category."""
         protocol, key = METRICS[metric]
         return {
@@ -61,9 +63,7 @@ class EvalResults:
     def unparseable(self, model: str, set_name: str = ALL_SETS) -> int | None:
         if "generate" not in self.protocols:
             return None
-        return sum(
-            1 for r in self.records[model]["generate"] if r["unparseable"] and set_name in (ALL_SETS, r["set"])
-        )
+        return sum(1 for r in self.records[model]["generate"] if r["unparseable"] and set_name in (ALL_SETS, r["set"]))
 
     def categories(self) -> list[str]:
         first = next(iter(self.records.values()))
@@ -90,8 +90,10 @@ class EvalResults:
         """{model: {category: {metric: acc, "n": count}}} over all sets."""
         return {
             model: {
-                category: {**{m: self.accuracy(model, m, ALL_SETS, category) for m in self.metrics()},
-                           "n": len(self.scores(model, self.metrics()[0], ALL_SETS, category))}
+                category: {
+                    **{m: self.accuracy(model, m, ALL_SETS, category) for m in self.metrics()},
+                    "n": len(self.scores(model, self.metrics()[0], ALL_SETS, category)),
+                }
                 for category in self.categories()
             }
             for model in self.models
@@ -101,9 +103,16 @@ class EvalResults:
         """Accuracy per category (all sets together), one row per category and model."""
         header = ["category", "model", *(SHORT_NAMES[m] for m in self.metrics()), "n"]
         summary = self.category_summary()
-        rows = [[category, model, *(_fmt(summary[model][category][m]) for m in self.metrics()),
-                 summary[model][category]["n"]]
-                for category in self.categories() for model in self.models]
+        rows = [
+            [
+                category,
+                model,
+                *(_fmt(summary[model][category][m]) for m in self.metrics()),
+                summary[model][category]["n"],
+            ]
+            for category in self.categories()
+            for model in self.models
+        ]
         return _markdown_table(header, rows)
 
     def table_text(self) -> str:
@@ -143,7 +152,7 @@ class EvalResults:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EvalResults":
+    def from_dict(cls, data: dict) -> EvalResults:
         return cls(
             models=data["models"],
             sets=data["sets"],
@@ -162,24 +171,11 @@ class EvalResults:
         return out / "results.json"
 
     @classmethod
-    def load(cls, path: str | Path) -> "EvalResults":
+    def load(cls, path: str | Path) -> EvalResults:
         path = Path(path)
         if path.is_dir():
             path = path / "results.json"
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _markdown_table(header: list[str], rows: list[list]) -> str:

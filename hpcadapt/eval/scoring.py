@@ -11,7 +11,7 @@ the choice's length in characters, which is how lm-evaluation-harness defines th
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tqdm.auto import tqdm
 
@@ -20,7 +20,9 @@ from .prompts import chat_prompt
 from .reply_parser import parse_reply
 
 
-def score_loglik(model, tokenizer, questions: list[Question], *, batch_size: int = 16, desc: str = "loglik") -> list[dict]:
+def score_loglik(
+    model, tokenizer, questions: list[Question], *, batch_size: int = 16, desc: str = "loglik"
+) -> list[dict]:
     """Per-question log-likelihood records: choice scores, predictions, acc and acc_norm."""
     pairs, owners = [], []
     for q_index, question in enumerate(questions):
@@ -37,22 +39,30 @@ def score_loglik(model, tokenizer, questions: list[Question], *, batch_size: int
         lengths = [float(len(choice)) for choice in question.choices]
         pred = argmax(lls)
         pred_norm = argmax([ll / length for ll, length in zip(lls, lengths)])
-        records.append({
-            "id": question.id,
-            "set": question.set_name,
-            "category": question.category,
-            "gold": question.labels[question.gold_index],
-            "choice_loglik": lls,
-            "pred": question.labels[pred],
-            "pred_norm": question.labels[pred_norm],
-            "acc": float(pred == question.gold_index),
-            "acc_norm": float(pred_norm == question.gold_index),
-        })
+        records.append(
+            {
+                "id": question.id,
+                "set": question.set_name,
+                "category": question.category,
+                "gold": question.labels[question.gold_index],
+                "choice_loglik": lls,
+                "pred": question.labels[pred],
+                "pred_norm": question.labels[pred_norm],
+                "acc": float(pred == question.gold_index),
+                "acc_norm": float(pred_norm == question.gold_index),
+            }
+        )
     return records
 
 
 def score_generate(
-    model, tokenizer, questions: list[Question], *, batch_size: int = 16, max_new_tokens: int = 8, desc: str = "generate"
+    model,
+    tokenizer,
+    questions: list[Question],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 8,
+    desc: str = "generate",
 ) -> list[dict]:
     """Per-question records of the paper's protocol: greedy reply, parsed label, correctness."""
     prompts = [chat_prompt(tokenizer, question) for question in questions]
@@ -61,16 +71,18 @@ def score_generate(
     for question, reply in zip(questions, replies):
         parsed = parse_reply(reply, question.labels, question.choices if question.kind == "mc" else ())
         gold = question.labels[question.gold_index]
-        records.append({
-            "id": question.id,
-            "set": question.set_name,
-            "category": question.category,
-            "gold": gold,
-            "reply": reply,
-            "parsed": parsed,
-            "unparseable": parsed is None,
-            "acc": float(parsed == gold),
-        })
+        records.append(
+            {
+                "id": question.id,
+                "set": question.set_name,
+                "category": question.category,
+                "gold": gold,
+                "reply": reply,
+                "parsed": parsed,
+                "unparseable": parsed is None,
+                "acc": float(parsed == gold),
+            }
+        )
     return records
 
 
@@ -94,7 +106,9 @@ def continuation_logprobs(
         if not cont:
             raise ValueError(f"continuation {continuation!r} tokenizes to nothing")
         if len(cont) >= max_len:
-            raise ValueError(f"continuation {continuation[:40]!r}... has {len(cont)} tokens, more than the context window")
+            raise ValueError(
+                f"continuation {continuation[:40]!r}... has {len(cont)} tokens, more than the context window"
+            )
         ids = (ctx + cont)[-max_len:]
         encoded.append((ids, len(cont)))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
@@ -115,8 +129,12 @@ def continuation_logprobs(
                 attention[row, width - len(ids) :] = 1
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
             keep = max(encoded[i][1] for i in batch_ids) + 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           position_ids=positions.to(device), logits_to_keep=keep).logits
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                logits_to_keep=keep,
+            ).logits
             for row, i in enumerate(batch_ids):
                 ids, n_cont = encoded[i]
                 targets = torch.tensor(ids[len(ids) - n_cont :], device=logits.device)

@@ -46,16 +46,27 @@ def evaluate_models(
         models={name: str(path) for name, path in folders.items()},
         sets=[s.name for s in sets],
         protocols=protocols,
-        meta={"device": device, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-              "benchmark_files": [str(s.path) for s in sets], "heldout_file": str(heldout_file) if heldout_file else None},
+        meta={
+            "device": device,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "benchmark_files": [str(s.path) for s in sets],
+            "heldout_file": str(heldout_file) if heldout_file else None,
+        },
     )
     for name, folder in folders.items():
         started = time.perf_counter()
         model, tokenizer = load_model(folder, device), load_tokenizer(folder)
         results.meta.setdefault("prompt_format", {})[name] = prompt_format(tokenizer)
         records, ppl = evaluate_loaded(
-            model, tokenizer, sets, heldout, protocols=protocols, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, label=name,
+            model,
+            tokenizer,
+            sets,
+            heldout,
+            protocols=protocols,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            label=name,
         )
         results.records[name] = records
         results.perplexity[name] = ppl
@@ -88,5 +99,9 @@ def evaluate_loaded(
         records["generate"] = score_generate(
             model, tokenizer, questions, batch_size=batch_size, max_new_tokens=max_new_tokens, desc=f"{label} generate"
         )
-    ppl = perplexity(model, tokenizer, heldout_texts, batch_size=batch_size, desc=f"{label} ppl") if heldout_texts else None
+    ppl = (
+        perplexity(model, tokenizer, heldout_texts, batch_size=batch_size, desc=f"{label} ppl")
+        if heldout_texts
+        else None
+    )
     return records, ppl

@@ -111,10 +111,9 @@ def sweep_schedules(
 def merge_into(model, base_files: dict[str, Path], other_files: dict[str, Path], t_spec: Any, num_layers: int) -> None:
     """Overwrite `model`'s weights with SLERP(base, other, t) tensor by tensor."""
     import torch
-    from safetensors import safe_open
-
     from hpcadapt_merge.methods.slerp import slerp
     from hpcadapt_merge.schedule import resolve_t
+    from safetensors import safe_open
 
     params = model.state_dict()
     unknown = [n for n in base_files if n not in params]
@@ -129,7 +128,8 @@ def merge_into(model, base_files: dict[str, Path], other_files: dict[str, Path],
 
     with torch.no_grad():
         for name in base_files:
-            merged = slerp(read(base_files[name], name), read(other_files[name], name), resolve_t(name, t_spec, num_layers))
+            t = resolve_t(name, t_spec, num_layers)
+            merged = slerp(read(base_files[name], name), read(other_files[name], name), t)
             params[name].copy_(merged.to(params[name].dtype))
 
 
@@ -146,4 +146,3 @@ def tensor_files(folder: Path) -> dict[str, Path]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             files.update({name: path for name in handle.keys()})
     return files
-

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.atomic import write_atomic
+
 from .bootstrap import Interval, paired_bootstrap
 from .model_dir import check_same_tokenizer, num_layers_of
-from .results import ALL_SETS, EvalResults, write_atomic
+from .results import ALL_SETS, EvalResults
 
 PRIMARY_ORDER = ("generate_acc", "loglik_acc_norm", "loglik_acc")
 
@@ -71,7 +73,8 @@ class SynergyReport:
         head = self.overall()
         acc = ", ".join(f"{name} {value:.3f}" for name, value in head.accuracy.items())
         lines = [
-            f"Synergy report ({self.primary_metric}, n={head.n}, {self.n_boot} paired bootstrap resamples, seed {self.seed})",
+            f"Synergy report ({self.primary_metric}, n={head.n}, {self.n_boot} paired bootstrap resamples, "
+            f"seed {self.seed})",
             f"  accuracy: {acc}",
             f"  merged - best parent:  {head.vs_best}",
             f"  merged - parents mean: {head.vs_mean}",
@@ -135,22 +138,32 @@ def synergy_report(
 
     if t_spec is not None:
         num_layers = num_layers or schedule_layers(results, (merged, *parents))
-        report.schedule = {"t_spec": t_spec, "num_layers": num_layers,
-                           "t_per_layer": schedule_curves(t_spec, num_layers)}  # also validates t_spec
+        report.schedule = {
+            "t_spec": t_spec,
+            "num_layers": num_layers,
+            "t_per_layer": schedule_curves(t_spec, num_layers),
+        }  # also validates t_spec
     if sweep is not None:
         report.sweep = rank_sweep(sweep, results, parents, report.primary_metric, n_boot, seed)
 
     # Everything is validated and computed; only writing is left.
-    accuracy = {m: {f"{c.group} (n={c.n})": c.accuracy[m] for c in comparisons if c.metric == report.primary_metric}
-                for m in (*parents, merged)}
-    files = {"accuracy_by_category.png": plot_accuracy_by_group(
-        accuracy, f"accuracy per group ({report.primary_metric})", out / "accuracy_by_category.png")}
+    accuracy = {
+        m: {f"{c.group} (n={c.n})": c.accuracy[m] for c in comparisons if c.metric == report.primary_metric}
+        for m in (*parents, merged)
+    }
+    files = {
+        "accuracy_by_category.png": plot_accuracy_by_group(
+            accuracy, f"accuracy per group ({report.primary_metric})", out / "accuracy_by_category.png"
+        )
+    }
     if report.schedule:
         files["t_schedule.png"] = plot_schedule(t_spec, num_layers, out / "t_schedule.png")
     if report.sweep:
         reference = {p: report.overall().accuracy[p] for p in parents}
         scores = {row["name"]: row["score"] for row in report.sweep}
-        files["score_vs_schedule.png"] = plot_sweep(scores, reference, report.primary_metric, out / "score_vs_schedule.png")
+        files["score_vs_schedule.png"] = plot_sweep(
+            scores, reference, report.primary_metric, out / "score_vs_schedule.png"
+        )
     report.files = {name: str(path) for name, path in files.items()}
     report.files["report.md"] = str(out / "report.md")
     report.files["report.json"] = str(out / "report.json")
@@ -229,10 +242,18 @@ def rank_sweep(sweep, results: EvalResults, parents, metric: str, n_boot: int, s
         if any(sorted(ps) != sorted(scores) for ps in parent_scores):
             raise ValueError(f"schedule {name!r} was not scored on the parents' questions")
         keys = sorted(scores)
-        vs = paired_bootstrap([scores[k] for k in keys], *[[ps[k] for k in keys] for ps in parent_scores],
-                              n_boot=n_boot, seed=seed)["vs_best"]
-        rows.append({"name": name, "t_spec": sweep.t_specs.get(name), "score": sum(scores.values()) / len(scores),
-                     "vs_best": vs.to_dict(), "seconds": sweep.seconds.get(name)})
+        vs = paired_bootstrap(
+            [scores[k] for k in keys], *[[ps[k] for k in keys] for ps in parent_scores], n_boot=n_boot, seed=seed
+        )["vs_best"]
+        rows.append(
+            {
+                "name": name,
+                "t_spec": sweep.t_specs.get(name),
+                "score": sum(scores.values()) / len(scores),
+                "vs_best": vs.to_dict(),
+                "seconds": sweep.seconds.get(name),
+            }
+        )
     return sorted(rows, key=lambda r: -r["score"])
 
 
@@ -251,19 +272,36 @@ def render_markdown(report: SynergyReport) -> str:
     ]
     metrics = list(dict.fromkeys(c.metric for c in report.comparisons))
     for metric in metrics:
-        lines += [f"## {metric}", "", f"| group | n | {a} | {b} | {m} | merged − best [95% CI] | merged − mean [95% CI] | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {metric}",
+            "",
+            f"| group | n | {a} | {b} | {m} | merged − best [95% CI] | merged − mean [95% CI] | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for c in (c for c in report.comparisons if c.metric == metric):
-            lines.append(f"| {c.group} | {c.n} | {c.accuracy[a]:.3f} | {c.accuracy[b]:.3f} | {c.accuracy[m]:.3f} | "
-                         f"{c.vs_best} | {c.vs_mean} | {c.verdict} |")
+            lines.append(
+                f"| {c.group} | {c.n} | {c.accuracy[a]:.3f} | {c.accuracy[b]:.3f} | {c.accuracy[m]:.3f} | "
+                f"{c.vs_best} | {c.vs_mean} | {c.verdict} |"
+            )
         lines.append("")
     lines += ["![accuracy per group](accuracy_by_category.png)", ""]
     if report.schedule:
-        lines += ["## Merge schedule", "", f"t spec: `{json.dumps(report.schedule['t_spec'])}` over "
-                  f"{report.schedule['num_layers']} layers (t = 0 is the base parent).", "", "![t schedule](t_schedule.png)", ""]
+        lines += [
+            "## Merge schedule",
+            "",
+            f"t spec: `{json.dumps(report.schedule['t_spec'])}` over "
+            f"{report.schedule['num_layers']} layers (t = 0 is the base parent).",
+            "",
+            "![t schedule](t_schedule.png)",
+            "",
+        ]
     if report.sweep:
-        lines += ["## Schedule sweep", "", f"| rank | schedule | {report.primary_metric} | vs best parent [95% CI] | seconds |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Schedule sweep",
+            "",
+            f"| rank | schedule | {report.primary_metric} | vs best parent [95% CI] | seconds |",
+            "|---|---|---|---|---|",
+        ]
         for rank, row in enumerate(report.sweep, start=1):
             vs = Interval(**row["vs_best"])
             seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
@@ -282,14 +320,22 @@ def log_synergy_to_wandb(report: SynergyReport, run) -> None:
         metrics.update({f"{prefix}/{name}": value for name, value in c.accuracy.items()})
         for which in ("vs_best", "vs_mean"):
             interval = getattr(c, which)
-            metrics.update({f"{prefix}/{which}": interval.estimate, f"{prefix}/{which}_low": interval.low,
-                            f"{prefix}/{which}_high": interval.high})
+            metrics.update(
+                {
+                    f"{prefix}/{which}": interval.estimate,
+                    f"{prefix}/{which}_low": interval.low,
+                    f"{prefix}/{which}_high": interval.high,
+                }
+            )
     for row in report.sweep:
         metrics[f"sweep/{row['name']}/{report.primary_metric}"] = row["score"]
     run.log(metrics)
     run.summary["synergy"] = report.synergy
     run.summary["synergy_verdict"] = report.overall().verdict
-    columns = sorted({key for row in report.per_question for key in row}, key=lambda k: (k not in ("set", "id", "category", "gold"), k))
+    columns = sorted(
+        {key for row in report.per_question for key in row},
+        key=lambda k: (k not in ("set", "id", "category", "gold"), k),
+    )
     table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in report.per_question])
     images = {f"synergy/{Path(p).stem}": wandb.Image(p) for name, p in report.files.items() if name.endswith(".png")}
     run.log({"synergy/per_question": table, **images})

@@ -1,163 +1,73 @@
-"""Run a stage as N processes on this machine, the way Slurm would run N tasks.
+"""Run a graph of stages on this machine, each unique stage once, then write the reports.
 
-Each rank is a fresh `python -m hpcadapt.worker SPEC` with the torch distributed
-environment set, so a stage behaves identically here and on a cluster, and no trainer
-state leaks from one stage into the next. Rank 0's output is shown live (progress bars
-included) and every rank's output is kept in the stage folder's `logs/`.
+Stages run in the graph's order (every stage after its inputs), each as fresh processes
+(hpcadapt/launch/processes.py), under a lock on its folder: another run on the same output
+root that needs the same stage waits for it, saying who holds it, and then uses it rather
+than training it again.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
+from typing import Any
 
 from hpcadapt.errors import StageFailed
-from hpcadapt.plan import StagePlan
+from hpcadapt.graph import StageGraph
+from hpcadapt.launch.prepare import Prepared, graph_name, prepare
+from hpcadapt.launch.processes import WarmWorker, run_stage_local
+from hpcadapt.launch.report import graph_record, write_reports
+from hpcadapt.plan import write_specs
+from hpcadapt.stagedir import is_complete, stage_lock
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_local(cfg: Any):
+    """Prepare and run one config's pipeline (or grid) here; returns its plan (a grid's: the graph)."""
+    graph = run_configs([cfg], graph_name(cfg))
+    return graph if cfg.grid.strategies else graph.pipelines[0]
 
 
-def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(world),
-        "LOCAL_WORLD_SIZE": str(world),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-    }
+def run_configs(configs: list[Any], name: str) -> StageGraph:
+    prepared = prepare(configs, name)
+    run_graph(prepared)
+    return prepared.graph
 
 
-def _tee(pipe, log_path: Path, echo: bool) -> None:
-    with log_path.open("ab") as log:
-        for chunk in iter(lambda: pipe.read1(4096), b""):
-            log.write(chunk)
-            log.flush()
-            if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    if not path.is_file():
-        return "(no log)"
-    text = path.read_text(errors="replace").replace("\r", "\n")
-    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
-
-
-class WarmWorker:
-    """A single-process worker started ahead of its stage (`python -m hpcadapt.worker --warm`).
-
-    It imports the training stack, then waits on stdin for a spec. The pipeline keeps one
-    warming while the current stage runs, so the import overlaps training instead of
-    preceding the next stage. Each stage still gets a fresh process: nothing leaks.
-    Multi-process stages are started cold, with a rendezvous port chosen when they start.
-    """
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hpcadapt.worker", "--warm"],
-            env=rank_env(0, 1, port=0),  # the real port comes with the spec
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def assign(self, spec_path: Path, port: int) -> subprocess.Popen | None:
-        """Hand over the stage and its rendezvous port, chosen now rather than when the
-        worker started (a port free then may be taken since). None if this worker died
-        while warming: the caller starts one cold instead."""
-        if self.proc.poll() is not None:
-            return None
-        try:
-            self.proc.stdin.write(f"{port} {spec_path}\n".encode())
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            return None
-        return self.proc
-
-    def discard(self) -> None:
-        """Not needed after all: it has run nothing, so it is simply ended."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
-def run_stage_local(stage: StagePlan, nprocs: int | None = None, warm: WarmWorker | None = None) -> None:
-    """Start the stage's ranks, wait, and raise StageFailed with the log tail if any fails.
-
-    A single-process stage runs in `warm`, when given, instead of a new process."""
-    world = nprocs or stage.nprocs
-    log_dir = stage.spec_path.parent / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    procs, threads = [], []
-    for rank in range(world):
-        log_path = log_dir / f"rank{rank}.log"
-        proc = warm.assign(stage.spec_path, port) if warm is not None and world == 1 else None
-        proc = proc or subprocess.Popen(
-            [sys.executable, "-m", "hpcadapt.worker", str(stage.spec_path)],
-            env=rank_env(rank, world, port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so one Ctrl-C is handled here, once
-        )
-        thread = threading.Thread(target=_tee, args=(proc.stdout, log_path, rank == 0), daemon=True)
-        thread.start()
-        procs.append((rank, proc, log_path))
-        threads.append(thread)
+def run_graph(prepared: Prepared) -> None:
+    started = time.time()
+    graph = prepared.graph
+    if prepared.dry_run:
+        return
+    for pipeline in graph.pipelines:
+        write_specs(pipeline)
+    stages = graph.ordered
+    single = [s for s in stages if not s.plan.done and s.plan.nprocs == 1]
+    # The first single-process stage's process imports torch and TRL while the others run.
+    warm = WarmWorker() if single else None
     try:
-        failed = _wait(procs)
-    except KeyboardInterrupt:
-        _stop_all(procs)
-        raise
-    for t in threads:
-        t.join(timeout=5)
-    if failed is not None:
-        rank, code, log_path = failed
-        # The stage folder was never renamed into place, so the logs are still in staging.
-        raise StageFailed(
-            f"stage {stage.name!r} failed: rank {rank} exited with code {code}. "
-            f"Log: {log_path}\n--- last lines ---\n{tail(log_path)}"
-        )
-
-
-def _wait(procs) -> tuple[int, int, Path] | None:
-    """Wait for all ranks; as soon as one fails, stop the others (they would hang in a collective)."""
-    while True:
-        running = 0
-        for rank, proc, log_path in procs:
-            code = proc.poll()
-            if code is None:
-                running += 1
-            elif code != 0:
-                _stop_all(procs)
-                return rank, code, log_path
-        if running == 0:
-            return None
-        time.sleep(0.2)
-
-
-def _stop_all(procs) -> None:
-    for _, proc, _ in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.time() + 10
-    for _, proc, _ in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for i, stage in enumerate(stages, start=1):
+            plan = stage.plan
+            label = f"[stage {i}/{len(stages)}] {plan.name} ({plan.kind})"
+            if plan.done or is_complete(plan.stage_dir):
+                print(f"\n{label}: already complete, skipped", flush=True)
+                continue
+            with stage_lock(plan.stage_dir):
+                if is_complete(plan.stage_dir):  # another run finished it while this one waited
+                    print(f"\n{label}: completed by another run, used as it is", flush=True)
+                    continue
+                print(f"\n{label} on {plan.nprocs} process(es) -> {plan.stage_dir}", flush=True)
+                t0 = time.time()
+                current = None  # multi-process stages start cold; a warm worker waits for the next single one
+                if plan.nprocs == 1:
+                    current, warm = warm, None
+                    if any(s.plan.nprocs == 1 and not is_complete(s.folder) for s in stages[i:]):
+                        warm = WarmWorker()  # the next stage's, importing while this one runs
+                run_stage_local(plan, warm=current)
+                if not is_complete(plan.stage_dir):
+                    raise StageFailed(f"stage {plan.name!r} exited cleanly but {plan.stage_dir} is not complete")
+                print(f"{label} done in {time.time() - t0:.1f} s", flush=True)
+    finally:
+        if warm is not None:
+            warm.discard()
+    write_reports(graph_record(graph, prepared.output_root))
+    where = graph.pipelines[0].run_dir if len(graph.pipelines) == 1 else "grids/"
+    print(f"\nhpcadapt: {graph.name} finished in {time.time() - started:.1f} s; results in {where}")

@@ -19,7 +19,8 @@ import importlib
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
@@ -79,7 +80,7 @@ class StageJob(Checkpointable):
             raise  # only reached when the requeue did not end this process
         return {"stage": self.stage_name, "rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])}
 
-    def _hand_over_requeue(self, submitit_handler: Optional[Callable], rank: int) -> None:
+    def _hand_over_requeue(self, submitit_handler: Callable | None, rank: int) -> None:
         """Rank 0 requeues through submitit (it counts timeouts); others wait to be ended."""
         if rank != 0:
             time.sleep(REQUEUE_WAIT_S)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 RECORD_NAME = "slurm_jobs.json"
 
@@ -19,7 +18,7 @@ class StageJobInfo:
     """What the user needs to find a stage's job again."""
 
     stage: str
-    job_id: Optional[str]  # None: already complete (or dry run), nothing submitted
+    job_id: str | None  # None: already complete (or dry run), nothing submitted
     state: str  # submitted | already-complete | already-queued | dry-run
     stage_dir: str
     log_out: str = ""
@@ -32,11 +31,11 @@ class SubmissionRecord:
     pipeline: str
     run_dir: str
     submitted_at: float
-    code_snapshot: Optional[str]
+    code_snapshot: str | None
     stages: list[StageJobInfo]
 
 
-def read_record(run_dir: Path) -> Optional[SubmissionRecord]:
+def read_record(run_dir: Path) -> SubmissionRecord | None:
     path = Path(run_dir) / RECORD_NAME
     if not path.is_file():
         return None

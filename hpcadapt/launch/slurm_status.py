@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 from hpcadapt.errors import HpcadaptError
 
@@ -63,7 +63,7 @@ def query_jobs(job_ids: Iterable[str]) -> dict[str, JobRecord]:
         return {}
     out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)])
     records = parse_sacct(out)
-    queued = parse_squeue(_run(["squeue", "-h", "--me", "-o", SQUEUE_FORMAT]))
+    queued = parse_squeue(_run(["squeue", "-h", "-r", "--me", "-o", SQUEUE_FORMAT]))
     wanted = set(ids)
     for job_id, record in queued.items():
         if job_id not in wanted and job_id.split("_")[0] not in wanted:
@@ -76,7 +76,7 @@ def query_jobs(job_ids: Iterable[str]) -> dict[str, JobRecord]:
 def queued_jobs(job_ids: Iterable[str]) -> dict[str, JobRecord]:
     """The given jobs that are still in the queue (pending, running, requeued)."""
     wanted = {str(j) for j in job_ids if j}
-    queued = parse_squeue(_run(["squeue", "-h", "--me", "-o", SQUEUE_FORMAT]))
+    queued = parse_squeue(_run(["squeue", "-h", "-r", "--me", "-o", SQUEUE_FORMAT]))
     return {job_id: r for job_id, r in queued.items() if job_id in wanted}
 
 
@@ -85,7 +85,7 @@ class StageStatus:
     """One row of `status=true`: a stage, its job and, for failures, why and the log's end."""
 
     stage: str
-    job_id: Optional[str]
+    job_id: str | None
     state: str  # COMPLETE (manifest), NOT SUBMITTED, or the job's Slurm state
     elapsed: str
     log: str

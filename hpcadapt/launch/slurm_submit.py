@@ -1,11 +1,12 @@
-"""Put a whole pipeline on Slurm from a login node and return at once.
+"""Put a graph of stages (a pipeline, a sweep, a strategy grid) on Slurm from a login node, at once.
 
-One job per unfinished stage, each `afterok` on the jobs of the stages it reads
-(`--kill-on-invalid-dep=yes`: when a stage fails its dependants are cancelled instead
-of pending forever). Stages already complete per their manifests are skipped, and a
-stage whose job from an earlier submission is still queued or running is not
-submitted twice: its dependants wait on that job. The job ids, log and output folders
-are printed and kept in `<run_dir>/slurm_jobs.json` for `status=true`.
+One job per unfinished unique stage, each `afterok` on exactly the jobs that make its
+inputs (`--kill-on-invalid-dep=yes`: when a stage fails or is cancelled, only what depends
+on it is cancelled; re-running the command submits just what is missing). Stages already
+complete are skipped; a stage whose job from an earlier submission is still queued or
+running is depended on, not submitted twice. A last one-task job writes the run folders
+and, for a grid, the comparison. Job ids, logs and output folders are printed and kept in
+each pipeline's `<run_dir>/slurm_jobs.json` for `status=true`.
 
 Jobs run the code that was submitted: the `hpcadapt` sources are copied into the log
 folder (content-addressed, so unchanged code is not copied twice) and put first on
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import os
 import shlex
 import shutil
 import sys
@@ -23,106 +26,200 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from hpcadapt.atomic import write_json_atomic
 from hpcadapt.errors import HpcadaptError
-from hpcadapt.launch.slurm_record import RECORD_NAME, StageJobInfo, SubmissionRecord, read_record
+from hpcadapt.launch.slurm_record import RECORD_NAME, StageJobInfo, SubmissionRecord
 from hpcadapt.launch.slurm_status import SlurmUnavailable, queued_jobs
+from hpcadapt.plan import write_specs
+from hpcadapt.stages import kinds
 
 # Setup lines that fail stop the job with this code, so status can say why.
 SETUP_FAILED_EXIT = 97
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "cephfs", "wekafs",
                        "fuse.glusterfs", "glusterfs", "pvfs2", "orangefs", "panfs", "fuse.sshfs", "9p", "virtiofs"}
 PACKAGES_TO_SNAPSHOT = ("hpcadapt", "hpcadapt_merge")
-ONE_TASK_KINDS = ("merge", "eval")  # stage kinds with their own resources in the cluster config
+OWNER_FILE = "slurm_job.json"  # in a stage's staging folder: the job that trains it
 
 
 class SubmissionRejected(HpcadaptError):
     """sbatch refused a job (unknown partition, over a limit...); carries Slurm's message."""
 
 
-def submit_pipeline(cfg: Any) -> SubmissionRecord:
-    """Plan, check and submit every unfinished stage of `cfg` as a chain of Slurm jobs."""
-    from hpcadapt.pipeline import check_environment, check_models, check_writable, prepare_data, print_plan
-    from hpcadapt.plan import plan_pipeline, write_specs
+def submit_graph(prepared: Any, stage_module: str = "hpcadapt.worker") -> list[SubmissionRecord]:
+    """Submit every unfinished stage of a prepared graph (hpcadapt/launch/prepare.py) at once."""
+    from hpcadapt.launch.report import graph_record
 
-    if not cfg.dry_run:
-        require_sbatch()
-    check_writable(Path(cfg.output_root))
-    prepare_data(cfg)
-    plan = plan_pipeline(cfg)
-    check_models(plan, cfg)
-    check_environment(plan, cfg)
-    print_plan(plan)
+    cfg = prepared.configs[0]
     log_root = Path(cfg.cluster.log_root or Path(cfg.output_root) / "slurm").expanduser().resolve()
-    warn_if_not_shared(cfg.cluster.nodes, [log_root, Path(cfg.output_root).expanduser().resolve()])
-    if not cfg.dry_run:
-        write_specs(plan)
-    return submit_plan(plan, cfg.cluster, log_root, dry_run=bool(cfg.dry_run))
+    warn_if_not_shared(cfg.cluster.nodes, [log_root, prepared.output_root])
+    report = graph_record(prepared.graph, prepared.output_root)
+    return submit_stages(prepared.graph, cfg.cluster, log_root, dry_run=prepared.dry_run, stage_module=stage_module,
+                         report=report)
 
 
 def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
                 stage_module: str = "hpcadapt.worker") -> SubmissionRecord:
-    """Submit the plan's unfinished stages in order; returns (and records) what was done.
+    """Submit one pipeline plan's unfinished stages (the probe-stage tests use this directly)."""
+    from hpcadapt.graph import build_graph
 
-    `plan` is a `hpcadapt.plan.PipelinePlan`; `cluster` the `cluster` config node.
+    return submit_stages(build_graph(plan.name, [plan]), cluster, log_root, dry_run, stage_module)[0]
+
+
+def submit_stages(graph: Any, cluster: Any, log_root: Path, dry_run: bool = False,
+                  stage_module: str = "hpcadapt.worker", report: dict | None = None) -> list[SubmissionRecord]:
+    """One job per unfinished stage, in waves by depth, each `afterok` on exactly the jobs that make
+    its inputs; stages of one kind with the same inputs' jobs go out as one array.
+
+    A stage whose job from an earlier submission (any pipeline, grid or sweep on this output
+    root) is still queued or running is not submitted again: its dependants wait on that job,
+    found through the job record in the stage's staging folder. Returns one record per pipeline.
     """
     from hpcadapt.launch.slurm_job import StageJob
 
     started = time.perf_counter()
-    run_log_dir = log_root / plan.run_dir.name
-    snapshot = None
-    if cluster.snapshot_code and not dry_run:
-        snapshot = snapshot_code(log_root / "code")
-    in_flight = {} if dry_run else jobs_still_going(plan.run_dir)
-    job_of: dict[str, str] = {}
-    infos: list[StageJobInfo] = []
-    for stage in plan.stages:
-        if stage.done:
-            infos.append(StageJobInfo(stage.name, None, "already-complete", str(stage.stage_dir)))
-            continue
-        deps = [job_of[d] for d in stage.depends_on if d in job_of]
-        if stage.name in in_flight:
-            prior = in_flight[stage.name]
-            job_of[stage.name] = prior.job_id
-            infos.append(StageJobInfo(stage.name, prior.job_id, "already-queued", str(stage.stage_dir),
-                                      prior.log_out, prior.log_err, prior.depends_on_jobs))
-            continue
-        executor = make_executor(cluster, run_log_dir / stage.name, job_name=f"{plan.name}.{stage.name}",
-                                 nprocs=stage.nprocs, snapshot=snapshot, kind=stage.kind,
-                                 dependency_job_ids=[f"<jobid:{d}>" for d in stage.depends_on] if dry_run else deps)
-        job_callable = StageJob(str(stage.spec_path), stage.name, stage_module=stage_module)
-        if dry_run:
-            print(f"\n# ---- sbatch script for stage {stage.name} ----")
-            print(sbatch_script(executor))
-            infos.append(StageJobInfo(stage.name, None, "dry-run", str(stage.stage_dir)))
-            continue
-        try:
-            job = submit_or_explain(executor, job_callable, stage.name)
-        except SubmissionRejected as e:
-            cancel_jobs([i.job_id for i in infos if i.state == "submitted" and i.job_id])
-            raise SubmissionRejected(f"{e}. Jobs already submitted by this command were cancelled; nothing "
-                                     "is left half-submitted.") from None
-        job_of[stage.name] = job.job_id
-        infos.append(StageJobInfo(stage.name, job.job_id, "submitted", str(stage.stage_dir),
-                                  str(job.paths.stdout), str(job.paths.stderr), deps))
-    record = SubmissionRecord(plan.name, str(plan.run_dir), time.time(), str(snapshot) if snapshot else None, infos)
+    todo = [s for s in graph.ordered if not s.plan.done]
+    if not dry_run and todo:
+        require_sbatch()
+        for pipeline in graph.pipelines:
+            if all(s.spec is not None for s in pipeline.stages):
+                write_specs(pipeline)
+    in_flight = {} if dry_run else stages_still_queued([s.plan for s in todo])
+    snapshot = snapshot_code(log_root / "code") if cluster.snapshot_code and not dry_run and todo else None
+    info_of: dict[Path, StageJobInfo] = {}
+    submitted: list[str] = []
+    for wave in waves(todo):
+        for group in groups_of(wave, info_of, in_flight):
+            plans = [stage.plan for stage in group]
+            deps = sorted({info_of[f].job_id for stage in group for f in stage.inputs if f in info_of})
+            if plans[0].stage_dir in in_flight:
+                prior = in_flight[plans[0].stage_dir]
+                info_of[plans[0].stage_dir] = StageJobInfo(plans[0].name, prior, "already-queued",
+                                                           str(plans[0].stage_dir))
+                continue
+            folder = log_root / graph.name / plans[0].name
+            executor = make_executor(cluster, folder, job_name=f"{graph.name}.{plans[0].name}",
+                                     nprocs=plans[0].nprocs, snapshot=snapshot, kind=plans[0].kind,
+                                     dependency_job_ids=deps)
+            executor.update_parameters(slurm_array_parallelism=int(cluster.array_parallelism))
+            callables = [StageJob(str(p.spec_path), p.name, stage_module=stage_module) for p in plans]
+            if dry_run:
+                print(f"\n# ---- sbatch script for stage {plans[0].name}"
+                      f"{f' (array of {len(plans)})' if len(plans) > 1 else ''} ----")
+                print(sbatch_script(executor))
+                for stage in group:  # placeholders stand for the job ids in the scripts that follow
+                    info_of[stage.folder] = StageJobInfo(stage.plan.name, f"<jobid:{stage.plan.name}>", "dry-run",
+                                                         str(stage.folder), depends_on_jobs=deps)
+                continue
+            try:
+                jobs = submit_or_explain(executor, callables, plans[0].name)
+            except SubmissionRejected as e:
+                cancel_jobs(submitted)
+                raise SubmissionRejected(f"{e}. Jobs already submitted by this command were cancelled; nothing "
+                                         "is left half-submitted.") from None
+            for stage, job in zip(group, jobs):
+                submitted.append(job.job_id)
+                info_of[stage.folder] = StageJobInfo(stage.plan.name, job.job_id, "submitted", str(stage.folder),
+                                                     str(job.paths.stdout), str(job.paths.stderr), deps)
+                record_owner(stage.plan, job.job_id)
+    if report is not None and todo and not dry_run:
+        submit_report_job(report, cluster, log_root, snapshot, [i.job_id for i in info_of.values() if i.job_id])
+    records = []
+    for pipeline in graph.pipelines:
+        infos = [info_of.get(s.stage_dir) or StageJobInfo(s.name, None, "already-complete", str(s.stage_dir))
+                 for s in pipeline.stages]
+        record = SubmissionRecord(pipeline.name, str(pipeline.run_dir), time.time(),
+                                  str(snapshot) if snapshot else None, infos)
+        records.append(record)
+        if not dry_run and todo:
+            pipeline.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(pipeline.run_dir / RECORD_NAME, asdict(record))
     if not dry_run:
-        from hpcadapt.stagedir import write_json_atomic
+        print_submission(graph, records, time.perf_counter() - started)
+    return records
 
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(plan.run_dir / RECORD_NAME, asdict(record))
-        print_submission(record, time.perf_counter() - started)
-    return record
+
+def waves(stages: list[Any]) -> list[list[Any]]:
+    """Stages grouped by depth: every stage's inputs lie in earlier waves."""
+    depth: dict[Path, int] = {}
+    for stage in stages:
+        depth[stage.folder] = 1 + max((depth.get(f, -1) for f in stage.inputs), default=-1)
+    out: list[list[Any]] = []
+    for stage in stages:
+        while len(out) <= depth[stage.folder]:
+            out.append([])
+        out[depth[stage.folder]].append(stage)
+    return [w for w in out if w]
+
+
+def groups_of(wave: list[Any], info_of: dict[Path, StageJobInfo], in_flight: dict[Path, str]) -> list[list[Any]]:
+    """One job array per kind, process count and set of input jobs; a stage queued elsewhere alone."""
+    groups: dict[tuple, list[Any]] = {}
+    for stage in wave:
+        inputs = tuple(sorted(info_of[f].job_id for f in stage.inputs if f in info_of))
+        key = ("queued", stage.folder) if stage.folder in in_flight else (stage.plan.kind, stage.plan.nprocs, inputs)
+        groups.setdefault(key, []).append(stage)
+    return list(groups.values())
+
+
+def record_owner(plan: Any, job_id: str) -> None:
+    """Note in the stage's staging folder which job trains it, for later submissions to wait on."""
+    staging = plan.spec_path.parent
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(staging / OWNER_FILE, {"job_id": job_id, "submitted_at": time.time()})
+
+
+def stages_still_queued(plans: list[Any]) -> dict[Path, str]:
+    """Stage folder -> job id, for stages whose recorded job is still queued or running."""
+    owners = {}
+    for plan in plans:
+        owner_file = plan.spec_path.parent / OWNER_FILE
+        if owner_file.is_file():
+            owners[plan.stage_dir] = json.loads(owner_file.read_text())["job_id"]
+    if not owners:
+        return {}
+    try:
+        queued = queued_jobs(owners.values())
+    except SlurmUnavailable:
+        return {}
+    return {folder: job for folder, job in owners.items() if job in queued}
+
+
+def submit_report_job(report: dict, cluster: Any, log_root: Path, snapshot: Path | None,
+                      after: list[str]) -> None:
+    """A last one-task job that writes the run folders and the comparison once the stages are done."""
+    folder = log_root / report["name"] / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    graph_file = folder / f"graph-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    write_json_atomic(graph_file, report)
+    executor = make_executor(cluster, folder, job_name=f"{report['name']}.report", nprocs=1, snapshot=snapshot,
+                             kind="report", dependency_job_ids=after)
+    executor.update_parameters(slurm_additional_parameters={
+        **(executor._executor.parameters.get("additional_parameters") or {}),
+        **({"dependency": "afterok:" + ":".join(after)} if after else {})})
+    submit_or_explain(executor, [ReportJob(str(graph_file))], "report")
+
+
+class ReportJob:
+    """The report job's callable (pickled by submitit: plain data only)."""
+
+    def __init__(self, graph_file: str) -> None:
+        self.graph_file = graph_file
+
+    def __call__(self) -> None:
+        from hpcadapt.launch.report import write_reports
+
+        write_reports(json.loads(Path(self.graph_file).read_text()), echo=True)
 
 
 def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, dependency_job_ids: list[str],
-                  snapshot: Optional[Path], kind: str = "cpt"):
+                  snapshot: Path | None, kind: str = "cpt"):
     """A submitit executor for one stage: all ranks for training, one task with the kind's own
     resources for merge and eval."""
     import submitit
 
-    one_task = getattr(cluster, kind, None) if kind in ONE_TASK_KINDS else None
+    one_task = one_task_resources(cluster, kind)
     multi = nprocs > 1
     extra = dict((one_task.additional_parameters if one_task is not None else cluster.additional_parameters) or {})
     if dependency_job_ids:
@@ -156,6 +253,14 @@ def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, depend
     return executor
 
 
+def one_task_resources(cluster: Any, kind: str) -> Any:
+    """The resources of a one-task job: merge and eval have their own entries in the cluster
+    config; the report job takes the merge's (a few CPU cores); training stages None."""
+    if kind == "report":
+        return cluster.merge
+    return getattr(cluster, kind) if kinds.get(kind).one_task else None
+
+
 def job_python(cluster: Any) -> str:
     """The interpreter command jobs run: the configured one, else python3 as the setup lines leave
     PATH (they activate the job's environment), else the submitting interpreter."""
@@ -164,7 +269,7 @@ def job_python(cluster: Any) -> str:
     return "python3" if cluster.setup else shlex.quote(sys.executable)
 
 
-def setup_lines(user_setup: list[str], snapshot: Optional[Path]) -> list[str]:
+def setup_lines(user_setup: list[str], snapshot: Path | None) -> list[str]:
     """The user's setup lines, each stopping the job if it fails, then the code snapshot.
 
     sbatch scripts do not stop on a failing line: a missing `module load` would
@@ -182,12 +287,13 @@ def setup_lines(user_setup: list[str], snapshot: Optional[Path]) -> list[str]:
     return lines
 
 
-def submit_or_explain(executor: Any, job_callable: Any, stage_name: str):
-    """Submit; an sbatch refusal becomes SubmissionRejected with Slurm's own words."""
+def submit_or_explain(executor: Any, callables: list[Any], stage_name: str) -> list[Any]:
+    """Submit one job (or one array for several callables); an sbatch refusal becomes
+    SubmissionRejected with Slurm's own words."""
     import submitit
 
     try:
-        return executor.submit(job_callable)
+        return [executor.submit(callables[0])] if len(callables) == 1 else executor.submit_array(callables)
     except submitit.core.utils.FailedJobError as e:
         message = str(e).strip().splitlines()
         slurm_lines = [ln for ln in message if "sbatch" in ln.lower() or "error" in ln.lower()] or message
@@ -215,31 +321,25 @@ def require_sbatch() -> None:
         )
 
 
-def jobs_still_going(run_dir: Path) -> dict[str, StageJobInfo]:
-    """Stages whose job from an earlier submission of this run is queued or running."""
-    record = read_record(run_dir)
-    if record is None:
-        return {}
-    by_stage = {s.stage: s for s in record.stages if s.job_id}
-    try:
-        queued = queued_jobs([s.job_id for s in by_stage.values()])
-    except SlurmUnavailable:
-        return {}
-    return {name: info for name, info in by_stage.items() if info.job_id in queued}
-
-
-def print_submission(record: SubmissionRecord, elapsed_s: float) -> None:
-    print(f"\nhpcadapt: submitted pipeline {record.pipeline} in {elapsed_s:.2f} s; run folder {record.run_dir}")
-    for s in record.stages:
-        job = s.job_id or "-"
-        after = f" (after {', '.join(s.depends_on_jobs)})" if s.depends_on_jobs else ""
-        print(f"  {s.stage:<14} job {job:<10} {s.state}{after}")
-        print(f"  {'':<14} output {s.stage_dir}")
-        if s.log_out:
-            print(f"  {'':<14} log    {s.log_out}")
-    if record.code_snapshot:
-        print(f"  jobs run the code snapshot {record.code_snapshot}")
-    print("  follow with: python -m hpcadapt <same overrides> status=true")
+def print_submission(graph: Any, records: list[SubmissionRecord], elapsed_s: float) -> None:
+    jobs = {i.stage_dir: i for record in records for i in record.stages}
+    new = [i for i in jobs.values() if i.state == "submitted"]
+    if not new and not any(i.state == "already-queued" for i in jobs.values()):
+        print(f"\nhpcadapt: {graph.name}: every stage is complete; nothing submitted")
+        return
+    print(f"\nhpcadapt: submitted {len(new)} job(s) for {graph.name} in {elapsed_s:.2f} s")
+    for info in jobs.values():
+        if info.state == "already-complete":
+            continue
+        after = f" (after {', '.join(info.depends_on_jobs)})" if info.depends_on_jobs else ""
+        print(f"  {info.stage:<14} job {info.job_id:<12} {info.state}{after}")
+        print(f"  {'':<14} output {info.stage_dir}")
+        if info.log_out:
+            print(f"  {'':<14} log    {info.log_out}")
+    if records and records[0].code_snapshot:
+        print(f"  jobs run the code snapshot {records[0].code_snapshot}")
+    command = " ".join(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("status="))
+    print(f"  follow with: python -m hpcadapt {command} status=true")
 
 
 def warn_if_not_shared(nodes: int, paths: list[Path]) -> None:
@@ -264,8 +364,9 @@ def snapshot_code(code_root: Path) -> Path:
         if spec is None or not spec.submodule_search_locations:
             continue
         package_dir = Path(list(spec.submodule_search_locations)[0])
+        suffixes = (".py", ".yaml", ".jinja", ".json")
         files = sorted(p for p in package_dir.rglob("*")
-                       if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".jinja", ".json"))
+                       if p.is_file() and "__pycache__" not in p.parts and p.suffix in suffixes)
         sources += [(package, p.relative_to(package_dir), p) for p in files]
     digest = code_digest(sources)
     target = code_root / digest
@@ -315,4 +416,3 @@ def filesystem_type(path: Path) -> str:
         if inside and len(mount_point) > len(best):
             best, fs = mount_point, parts[2]
     return fs
-

@@ -16,12 +16,14 @@ on every run and re-running reuses the stages they fed.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from hpcadapt.config import PREFERENCE_KINDS, ConfigError
+from hpcadapt.atomic import write_atomic
+from hpcadapt.config import ConfigError
 from hpcadapt.demo.domain import DomainFiles, generate_domain, read_jsonl
+from hpcadapt.stages import kinds
 
 ROWS_PER_SOURCE = 12
 QUESTIONS_PER_SET = 8
@@ -38,12 +40,12 @@ def write_standin_data(cfg: Any) -> list[Path]:
     domain = generate_domain(root / ".domain")
     written = []
     for mix_name, mix in cfg.data.mixes.items():
-        kinds = {stage.kind for stage in cfg.stages.values() if stage.data == mix_name}
+        users = {stage.kind for stage in cfg.stages.values() if stage.data == mix_name}
         for i, source in enumerate(mix.sources):
             path = Path(source.path).expanduser().resolve()
             if root not in path.parents:
                 continue
-            rows = rows_for(kinds, domain, seed=i)
+            rows = rows_for(users, domain, seed=i)
             written.append(write_jsonl_atomic(path, rows))
     for i, bench in enumerate(cfg.data.benchmark):
         path = Path(bench).expanduser().resolve()
@@ -56,17 +58,14 @@ def write_standin_data(cfg: Any) -> list[Path]:
     return written
 
 
-def rows_for(kinds: set[str], domain: DomainFiles, seed: int) -> list[dict[str, Any]]:
-    """Rows with the fields the mix's stage kinds read."""
-    families = [family for family in (("cpt", "tiny_init"), ("sft",), PREFERENCE_KINDS) if kinds & set(family)]
-    if len(families) > 1:
-        raise ConfigError(f"a data mix feeds stages of kinds {sorted(kinds)}, which read different fields; "
+def rows_for(users: set[str], domain: DomainFiles, seed: int) -> list[dict[str, Any]]:
+    """Rows with the fields that the stage kinds using the mix read (hpcadapt/stages/kinds.py)."""
+    fields = {kinds.get(kind).data_fields for kind in users}
+    if len(fields) > 1:
+        raise ConfigError(f"a data mix feeds stages of kinds {sorted(users)}, which read different fields; "
                           f"give each kind its own mix")
-    if kinds & {"cpt", "tiny_init"}:
-        return documents(domain, seed)
-    if kinds & set(PREFERENCE_KINDS):
-        return preference_pairs(domain, seed)
-    return conversations(domain, seed)
+    makers = {kinds.TEXT: documents, kinds.CONVERSATION: conversations, kinds.PREFERENCE: preference_pairs}
+    return makers[fields.pop()](domain, seed) if fields else []
 
 
 def documents(domain: DomainFiles, seed: int) -> list[dict[str, str]]:
@@ -108,10 +107,6 @@ def preference_pairs(domain: DomainFiles, seed: int) -> list[dict[str, Any]]:
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSONL unless the file already holds exactly these bytes."""
     data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
-    if path.is_file() and path.read_bytes() == data:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    if not (path.is_file() and path.read_bytes() == data):
+        write_atomic(path, data)
     return path

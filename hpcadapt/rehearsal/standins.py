@@ -52,9 +52,10 @@ import platform
 import shutil
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hpcadapt.errors import HpcadaptError
 

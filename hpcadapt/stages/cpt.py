@@ -19,16 +19,17 @@ from typing import Any
 
 from hpcadapt import preflight, tracking, training
 from hpcadapt.datamix import load_mix
+from hpcadapt.spec import StageSpec
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: StageSpec) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     env = training.setup(spec)
-    s = spec["settings"]
+    s = spec.settings
     tracking.start_run(spec)
-    tokenizer = training.load_tokenizer(spec["input_model"], spec)
-    documents = load_mix(spec["data_sources"], "cpt", seed=s["seed"])
+    tokenizer = training.load_tokenizer(spec.input_model, spec)
+    documents = load_mix(spec.data_sources, spec.kind, seed=s["seed"])
     windows = document_windows(documents, tokenizer, s["max_length"])
     args = SFTConfig(**training.with_extra({
         **training.trainer_kwargs(spec, env),
@@ -36,10 +37,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "max_length": s["max_length"],
         "completion_only_loss": False,
     }, spec))
-    model = training.load_model(spec["input_model"], spec, env)  # after args: ZeRO-3 partitions at load
+    model = training.load_model(spec.input_model, spec, env)  # after args: ZeRO-3 partitions at load
     notes = preflight.ensure_pad_token(tokenizer, model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=windows, processing_class=tokenizer)
-    preflight.check_first_example(trainer, tokenizer, "cpt")
+    preflight.check_first_example(trainer, tokenizer, spec.kind)
     corpus = {"documents": len(documents), "windows": len(windows),
               "corpus_tokens": training.count_tokens(windows)["tokens"],
               "trained_tokens_per_epoch": training.count_tokens(trainer.train_dataset)["tokens"]}

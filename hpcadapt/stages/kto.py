@@ -10,25 +10,26 @@ from typing import Any
 
 from hpcadapt import preflight, tracking, training
 from hpcadapt.datamix import load_mix
+from hpcadapt.spec import StageSpec
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: StageSpec) -> dict[str, Any]:
     from trl import KTOConfig, KTOTrainer
     from trl.data_utils import unpair_preference_dataset
 
     env = training.setup(spec)
-    s = spec["settings"]
+    s = spec.settings
     tracking.start_run(spec)
-    tokenizer = training.load_tokenizer(spec["input_model"], spec)
-    notes = preflight.ensure_chat_template(tokenizer, "kto", spec, spec["input_model"])
-    dataset = unpair_preference_dataset(load_mix(spec["data_sources"], "kto", seed=s["seed"]))
+    tokenizer = training.load_tokenizer(spec.input_model, spec)
+    notes = preflight.ensure_chat_template(tokenizer, spec)
+    dataset = unpair_preference_dataset(load_mix(spec.data_sources, spec.kind, seed=s["seed"]))
     args = KTOConfig(**training.with_extra({
         **training.trainer_kwargs(spec, env), "beta": s["beta"], "max_length": s["max_length"],
     }, spec))
-    model = training.load_model(spec["input_model"], spec, env)
+    model = training.load_model(spec.input_model, spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
     ref_model = training.load_reference_model(spec, env, tokenizer)
     trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    preflight.check_first_example(trainer, tokenizer, "kto")
+    preflight.check_first_example(trainer, tokenizer, spec.kind)
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return metrics

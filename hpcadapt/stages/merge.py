@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from hpcadapt.hub import local_model
+from hpcadapt.spec import StageSpec
 
 
-def merge_config(spec: dict[str, Any]) -> dict[str, Any]:
+def merge_config(spec: StageSpec) -> dict[str, Any]:
     """The mergekit-style recipe this stage hands to the merger (also recorded in the manifest)."""
-    m = spec["settings"]
-    base, other = (local_model(spec[key], spec.get("revisions", {})) for key in ("base_model", "other_model"))
-    layers = json.loads((Path(base) / "config.json").read_text())["num_hidden_layers"]
+    m = spec.settings
+    base, other = (local_model(ref, spec.revisions) for ref in (spec.base_model, spec.other_model))
+    base_config, other_config = (json.loads((Path(f) / "config.json").read_text()) for f in (base, other))
+    layers = base_config["num_hidden_layers"]
+    # A chain that had to add a pad token grew its vocabulary by one appended row: the merge
+    # keeps that row from the chain's model and merges the rest (mergekit's `union`).
+    grown = other_config.get("vocab_size", 0) > base_config.get("vocab_size", 0)
     return {
         "merge_method": m["method"],
         "base_model": base,
@@ -31,16 +36,16 @@ def merge_config(spec: dict[str, Any]) -> dict[str, Any]:
                                 {"model": other, "layer_range": [0, layers]}]}],
         "parameters": {"t": m["t"]},
         "dtype": m["dtype"],
-        "tokenizer_source": "base",
+        "tokenizer_source": "union" if grown else "base",
     }
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: StageSpec) -> dict[str, Any]:
     from hpcadapt_merge import run_merge
 
-    staging = Path(spec["staging_dir"])
+    staging = Path(spec.staging_dir)
     out = staging / "merged"
-    summary = run_merge(merge_config(spec), out, workers=spec["settings"]["workers"], progress=True)
+    summary = run_merge(merge_config(spec), out, workers=spec.settings["workers"], progress=True)
     # The stage folder itself is the merged model folder, like every other stage's.
     for item in out.iterdir():
         target = staging / item.name

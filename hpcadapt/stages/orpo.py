@@ -14,24 +14,25 @@ from typing import Any
 
 from hpcadapt import preflight, tracking, training
 from hpcadapt.datamix import load_mix
+from hpcadapt.spec import StageSpec
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: StageSpec) -> dict[str, Any]:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     env = training.setup(spec)
-    s = spec["settings"]
+    s = spec.settings
     tracking.start_run(spec)
-    tokenizer = training.load_tokenizer(spec["input_model"], spec)
-    notes = preflight.ensure_chat_template(tokenizer, "orpo", spec, spec["input_model"])
-    dataset = load_mix(spec["data_sources"], "orpo", seed=s["seed"])
+    tokenizer = training.load_tokenizer(spec.input_model, spec)
+    notes = preflight.ensure_chat_template(tokenizer, spec)
+    dataset = load_mix(spec.data_sources, spec.kind, seed=s["seed"])
     args = ORPOConfig(**training.with_extra({
         **training.trainer_kwargs(spec, env), "beta": s["beta"], **training.length_kwargs(s),
     }, spec))
-    model = training.load_model(spec["input_model"], spec, env)
+    model = training.load_model(spec.input_model, spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    preflight.check_first_example(trainer, tokenizer, "orpo")
+    preflight.check_first_example(trainer, tokenizer, spec.kind)
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return metrics

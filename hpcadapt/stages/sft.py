@@ -16,19 +16,20 @@ from typing import Any
 
 from hpcadapt import conversation, preflight, tracking, training
 from hpcadapt.datamix import load_mix
+from hpcadapt.spec import StageSpec
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: StageSpec) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     env = training.setup(spec)
-    s = spec["settings"]
+    s = spec.settings
     tracking.start_run(spec)
-    tokenizer = training.load_tokenizer(spec["input_model"], spec)
-    notes = preflight.ensure_chat_template(tokenizer, "sft", spec, spec["input_model"])
-    dataset = load_mix(spec["data_sources"], "sft", seed=s["seed"])
+    tokenizer = training.load_tokenizer(spec.input_model, spec)
+    notes = preflight.ensure_chat_template(tokenizer, spec)
+    dataset = load_mix(spec.data_sources, spec.kind, seed=s["seed"])
     if s["assistant_only_loss"]:
-        dataset = conversation.masked_dataset(dataset, tokenizer, f"stage {spec['name']} data")
+        dataset = conversation.masked_dataset(dataset, tokenizer, f"stage {spec.name} data")
     args = SFTConfig(**training.with_extra({
         **training.trainer_kwargs(spec, env),
         "packing": s["packing"],
@@ -36,10 +37,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "assistant_only_loss": False,  # the masks above replace TRL's marker-based ones
         "completion_only_loss": False,
     }, spec))
-    model = training.load_model(spec["input_model"], spec, env)
+    model = training.load_model(spec.input_model, spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    preflight.check_first_example(trainer, tokenizer, "sft")
+    preflight.check_first_example(trainer, tokenizer, spec.kind)
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return {**metrics, "data": training.count_tokens(trainer.train_dataset)}
 

@@ -13,18 +13,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.spec import StageSpec
 from hpcadapt.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    extra = dict(spec["settings"].get("extra", {}))
+def run(spec: StageSpec) -> dict[str, Any]:
+    extra = dict(spec.settings.get("extra", {}))
     texts = []
-    for src in spec["data_sources"]:
+    for src in spec.data_sources:
         with open(src["path"], encoding="utf-8") as f:
             texts += [json.loads(line)["text"] for line in f if line.strip()]
     shape = TinyShape(**{f.name: extra[f.name] for f in fields(TinyShape) if f.name in extra})
     tokenizer = build_tokenizer(texts, vocab_size=int(extra.get("vocab_size", 2048)))
-    model = build_model(tokenizer, arch=extra.get("arch", "llama"), shape=shape, seed=spec["settings"]["seed"])
-    save_pretrained_dir(model, tokenizer, Path(spec["staging_dir"]))
+    model = build_model(tokenizer, arch=extra.get("arch", "llama"), shape=shape, seed=spec.settings["seed"])
+    save_pretrained_dir(model, tokenizer, Path(spec.staging_dir))
     return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
             "texts": len(texts)}

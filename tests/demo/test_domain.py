@@ -58,7 +58,9 @@ def test_text_and_chat_formats(files):
 
 
 def test_one_letter_and_true_false_answers_use_the_paper_wording(files):
-    formatted = [r for r in read_jsonl(files.general_chat) if r["messages"][0]["content"].startswith(phrasings.INSTRUCTION)]
+    formatted = [
+        r for r in read_jsonl(files.general_chat) if r["messages"][0]["content"].startswith(phrasings.INSTRUCTION)
+    ]
     assert len(formatted) > 100
     for row in formatted:
         question, answer = (m["content"] for m in row["messages"])

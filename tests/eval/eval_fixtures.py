@@ -6,7 +6,8 @@ import json
 
 ELEMENTS = ["iron", "copper", "gold", "zinc", "tin", "lead", "silver", "nickel"]
 CATEGORIES = ["basic", "advanced"]
-NAMES = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango".split()
+NAMES = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
+         "romeo sierra tango").split()
 
 
 def benchmark_rows(n_mc: int = 12, n_tf: int = 8, prefix: str = "") -> list[dict]:
@@ -14,25 +15,31 @@ def benchmark_rows(n_mc: int = 12, n_tf: int = 8, prefix: str = "") -> list[dict
     rows = []
     for i in range(n_mc):
         choices = [ELEMENTS[(i + k) % len(ELEMENTS)] for k in range(4)]
-        rows.append({
-            "id": f"{prefix}mc{i}",
-            "question": f"Which metal fits the {NAMES[i % 20]} sample {prefix}{i}?",
-            "choices": choices,
-            "answer": "ABCD"[i % 4],
-            "category": CATEGORIES[i % 2],
-        })
+        rows.append(
+            {
+                "id": f"{prefix}mc{i}",
+                "question": f"Which metal fits the {NAMES[i % 20]} sample {prefix}{i}?",
+                "choices": choices,
+                "answer": "ABCD"[i % 4],
+                "category": CATEGORIES[i % 2],
+            }
+        )
     for i in range(n_tf):
-        rows.append({
-            "id": f"{prefix}tf{i}",
-            "question": f"The {NAMES[(i + 12) % 20]} alloy {prefix}{i} is harder than steel.",
-            "answer": "True" if i % 2 else False,
-            "category": CATEGORIES[i % 2],
-        })
+        rows.append(
+            {
+                "id": f"{prefix}tf{i}",
+                "question": f"The {NAMES[(i + 12) % 20]} alloy {prefix}{i} is harder than steel.",
+                "answer": "True" if i % 2 else False,
+                "category": CATEGORIES[i % 2],
+            }
+        )
     return rows
+
 
 def write_jsonl(path, rows) -> str:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return str(path)
+
 
 def tokenizer_corpus(rows: list[dict]) -> list[str]:
     from hpcadapt.eval.prompts import ANSWER_LEAD, INSTRUCTION
@@ -40,14 +47,15 @@ def tokenizer_corpus(rows: list[dict]) -> list[str]:
     texts = [r["question"] + " " + " ".join(r.get("choices", [])) for r in rows]
     return texts * 3 + [INSTRUCTION + ANSWER_LEAD + " True False Answer A) B) C) D)"] * 3
 
+
 def train_to_memorize(model_dir: str, rows: list[dict], out_dir, steps: int = 120, seed: int = 0, lr: float = 3e-3):
     """Plain full-batch AdamW on prompt + correct choice text + eos, loss on the answer only."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hpcadapt.eval.benchmark import read_benchmark_file
-    from hpcadapt.tiny import save_pretrained_dir
     from hpcadapt.eval.prompts import chat_prompt
+    from hpcadapt.tiny import save_pretrained_dir
 
     path = out_dir.parent / "train.jsonl"
     questions = read_benchmark_file(write_jsonl(path, rows))

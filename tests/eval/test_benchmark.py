@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from eval_fixtures import write_jsonl
 
 from hpcadapt.eval.benchmark import BenchmarkError, load_benchmarks, read_benchmark_file, read_heldout_texts
-
-from eval_fixtures import write_jsonl
 
 MC = {"id": "q1", "question": "Which is a metal?", "choices": ["wood", "iron"], "answer": "B", "category": "basic"}
 TF = {"id": "q2", "question": "Iron rusts.", "answer": True}
 
 
 def test_valid_rows_load_with_defaults(tmp_path):
-    questions = read_benchmark_file(write_jsonl(tmp_path / "set.jsonl", [MC, TF, {**TF, "id": "q3", "answer": "false"}]))
+    questions = read_benchmark_file(
+        write_jsonl(tmp_path / "set.jsonl", [MC, TF, {**TF, "id": "q3", "answer": "false"}])
+    )
     assert [(q.kind, q.answer, q.gold_index, q.category) for q in questions] == [
-        ("mc", "B", 1, "basic"), ("tf", "True", 0, "all"), ("tf", "False", 1, "all")]
+        ("mc", "B", 1, "basic"),
+        ("tf", "True", 0, "all"),
+        ("tf", "False", 1, "all"),
+    ]
     assert questions[1].choices == ("True", "False")
 
 
@@ -37,7 +41,7 @@ def test_bad_row_names_file_and_line(tmp_path, bad_row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [MC, bad_row])
     with pytest.raises(BenchmarkError) as error:
         read_benchmark_file(path)
-    assert f"bad.jsonl:2: " in str(error.value)
+    assert "bad.jsonl:2: " in str(error.value)
     assert message in str(error.value)
 
 

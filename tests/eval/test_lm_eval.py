@@ -22,7 +22,9 @@ def test_exported_task_validates_the_benchmark(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_task_runs_offline_and_agrees_with_our_loglik(trained_dir, bench_file, eval_results, tmp_path, monkeypatch):
+def test_local_task_runs_offline_and_agrees_with_our_loglik(
+    trained_dir, bench_file, eval_results, tmp_path, monkeypatch
+):
     task = export_lm_eval_task(bench_file, tmp_path / "tasks")
     assert task == "hpcadapt_domain"
 

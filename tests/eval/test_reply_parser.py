@@ -44,5 +44,6 @@ def test_true_false_replies(reply, expected):
 def test_parser_imports_without_torch():
     import subprocess
 
-    code = "import sys, hpcadapt.eval.suite, hpcadapt.eval.synergy, hpcadapt.eval.sweep, hpcadapt.eval.lm_eval_tasks; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, hpcadapt.eval.suite, hpcadapt.eval.synergy, hpcadapt.eval.sweep, hpcadapt.eval.lm_eval_tasks; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

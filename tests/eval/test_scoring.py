@@ -116,10 +116,26 @@ def test_tables_show_each_set_overall_and_categories():
     table = results.table_text().splitlines()
     assert table[0].split("|")[1:-1] == [" model ", " ppl   ", " first gen acc ", " first unparsed ",
                                          " second gen acc ", " second unparsed ", " all gen acc ", " all unparsed "]
-    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["m", "12.35", "0.750", "1/4", "0.500", "1/2", "0.667", "2/6"]
-    assert results.category_summary()["m"] == {"advanced": {"generate_acc": 1 / 3, "n": 3},
-                                               "basic": {"generate_acc": 1.0, "n": 3}}
-    assert results.category_table_text().splitlines()[2].split("|")[1:-1] == [" advanced ", " m     ", " 0.333   ", " 3 "]
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == [
+        "m",
+        "12.35",
+        "0.750",
+        "1/4",
+        "0.500",
+        "1/2",
+        "0.667",
+        "2/6",
+    ]
+    assert results.category_summary()["m"] == {
+        "advanced": {"generate_acc": 1 / 3, "n": 3},
+        "basic": {"generate_acc": 1.0, "n": 3},
+    }
+    assert results.category_table_text().splitlines()[2].split("|")[1:-1] == [
+        " advanced ",
+        " m     ",
+        " 0.333   ",
+        " 3 ",
+    ]
 
 
 def test_a_model_without_chat_template_is_asked_in_plain_text(untrained_dir, bench_file, tmp_path):
@@ -134,7 +150,8 @@ def test_a_model_without_chat_template_is_asked_in_plain_text(untrained_dir, ben
     question = read_benchmark_file(bench_file)[0]
     prompt = chat_prompt(tokenizer, question)
     assert prompt.startswith(tokenizer.bos_token + INSTRUCTION) and prompt.endswith("\n" + ANSWER_LEAD)
-    results = evaluate_models({"base": no_template, "instruct": untrained_dir}, [bench_file], None, tmp_path / "out",
-                              protocols=["loglik"])
+    results = evaluate_models(
+        {"base": no_template, "instruct": untrained_dir}, [bench_file], None, tmp_path / "out", protocols=["loglik"]
+    )
     assert results.meta["prompt_format"] == {"base": "plain text (no chat template)", "instruct": "chat template"}
     assert "Asked in plain text, having no chat template: base." in results.table_text()

@@ -94,16 +94,17 @@ def test_verdict_is_synergy_only_when_interval_excludes_zero(tmp_path):
     with pytest.raises(ValueError, match="two distinct parents"):
         synergy_report(results, "a", ("a", "b"), tmp_path / "x")
     with pytest.raises(ValueError, match="no entry of the parameter matches"):
-        synergy_report(results, "clear", ("a", "b"), tmp_path / "x", t_spec=[{"filter": "mlp", "value": 0.5}], num_layers=4)
+        synergy_report(
+            results, "clear", ("a", "b"), tmp_path / "x", t_spec=[{"filter": "mlp", "value": 0.5}], num_layers=4
+        )
     with pytest.raises(ValueError, match="no model folder to read num_hidden_layers"):
         synergy_report(results, "clear", ("a", "b"), tmp_path / "x", t_spec=0.5)
     assert not (tmp_path / "x").exists()
 
 
 def test_parents_with_different_tokenizers_are_refused(untrained_dir, bench_file, tmp_path, eval_results, monkeypatch):
-    from hpcadapt.tiny import build_tiny_model_dir
-
     import hpcadapt.eval.sweep as sweep_module
+    from hpcadapt.tiny import build_tiny_model_dir
 
     other = build_tiny_model_dir(tmp_path / "other", ["completely different words here"] * 20, vocab_size=300)
     monkeypatch.setattr(sweep_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -143,14 +144,45 @@ def test_command_line_report_from_saved_results(eval_results, tmp_path):
     results.add_model("merged", results, "trained")
     results.save(tmp_path / "eval")
     tool = Path(__file__).resolve().parents[2] / "tools" / "synergy_report.py"
-    run = subprocess.run([sys.executable, str(tool), str(tmp_path / "eval"), "--merged", "merged", "--parents",
-                          "untrained", "trained", "--out", str(tmp_path / "report"), "--n-boot", "200",
-                          "--t-spec", "[0, 1]"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            str(tmp_path / "eval"),
+            "--merged",
+            "merged",
+            "--parents",
+            "untrained",
+            "trained",
+            "--out",
+            str(tmp_path / "report"),
+            "--n-boot",
+            "200",
+            "--t-spec",
+            "[0, 1]",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "verdict: NOT ESTABLISHED" in run.stdout and "| merged" in run.stdout
     assert (tmp_path / "report" / "t_schedule.png").is_file()
-    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "eval"), "--merged", "nope", "--parents",
-                          "untrained", "trained", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            str(tmp_path / "eval"),
+            "--merged",
+            "nope",
+            "--parents",
+            "untrained",
+            "trained",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "error: model(s) ['nope'] not in the evaluation results" in bad.stderr
 
 

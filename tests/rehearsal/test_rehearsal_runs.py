@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from hpcadapt.__main__ import conf_dir
 from hpcadapt.config import register_configs
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_mistral_orpo_slerp_rehearsal_on_two_zero3_processes(tmp_path):
     for name in ("cpt", "sft", "orpo"):
         metrics = manifest(plan.stage(name).stage_dir)["metrics"]
         assert metrics["world_size"] == 2 and metrics["steps"] == 4, name
-        assert plan.stage(name).spec["deepspeed"]["stage"] == 3
+        assert plan.stage(name).spec.deepspeed["stage"] == 3
     cpt = manifest(plan.stage("cpt").stage_dir)["metrics"]
     assert cpt["notes"] == ["pad token was None (same as eos or missing); using the reserved token '[control_748]'"]
     assert cpt["corpus"]["corpus_tokens"] == cpt["corpus"]["trained_tokens_per_epoch"] > 20 * 256

@@ -19,7 +19,9 @@ def describe_jobs(job_ids: list[str], logs: list[Path], tail: int = 25) -> str:
                                "-o", "JobID,JobName,State,ExitCode,Submit,Start,End,NodeList,Reason"],
                               capture_output=True, text=True)
         lines += ["sacct:", proc.stdout.strip() or proc.stderr.strip()]
-        proc = subprocess.run(["squeue", "-h", "-o", "%i %j %T %r", "-j", ",".join(job_ids)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["squeue", "-h", "-o", "%i %j %T %r", "-j", ",".join(job_ids)], capture_output=True, text=True
+        )
         lines += ["squeue:", proc.stdout.strip() or "(none queued)"]
     for log in logs:
         text = log.read_text(errors="replace").replace("\r", "\n") if log.is_file() else "(missing)"

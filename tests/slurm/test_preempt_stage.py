@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import submitit
-
 from slurm_helpers import describe_jobs, job_logs
 
 from hpcadapt.launch.slurm_record import read_record

@@ -82,8 +82,10 @@ FAST = [
 ]
 
 
-def compose_cfg(overrides: list[str], experiment: str = "tiny_demo"):
-    """Compose exactly as `python -m hpcadapt +experiment=... overrides` would."""
+def compose_cfg(overrides: list[str], experiment: str | None = "tiny_demo"):
+    """Compose exactly as `python -m hpcadapt +experiment=... overrides` would (None: no experiment,
+    e.g. for `+grid=...`, which brings its own)."""
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+        chosen = [f"+experiment={experiment}"] if experiment else []
+        return compose(config_name="config", overrides=[*chosen, *overrides])

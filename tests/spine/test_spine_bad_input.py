@@ -12,7 +12,7 @@ import pytest
 from spine_helpers import FAST, compose_cfg, write_toy_domain
 
 from hpcadapt.errors import HpcadaptError
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
 
 
 def completed_stages(root: Path) -> list[str]:
@@ -27,7 +27,9 @@ def run(root: Path, *overrides: str):
 def test_missing_dataset_file(tmp_path):
     data = write_toy_domain(tmp_path)
     (data / "domain_prefs.jsonl").unlink()
-    with pytest.raises(HpcadaptError, match=r"data\.mixes\.preference\.sources\[0\].*domain_prefs\.jsonl does not exist"):
+    with pytest.raises(
+        HpcadaptError, match=r"data\.mixes\.preference\.sources\[0\].*domain_prefs\.jsonl does not exist"
+    ):
         run(tmp_path)
     assert completed_stages(tmp_path) == []
 
@@ -87,8 +89,13 @@ def test_output_folder_not_writable(tmp_path):
 def test_cli_exits_non_zero_with_one_paragraph(tmp_path):
     data = write_toy_domain(tmp_path)
     (data / "domain_text.jsonl").write_text("")
-    out = subprocess.run([sys.executable, "-m", "hpcadapt", f"output_root={tmp_path}", *FAST],
-                         capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-m", "hpcadapt", f"output_root={tmp_path}", *FAST],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
     assert out.returncode == 2
     assert "hpcadapt: error:" in out.stderr and "Traceback" not in out.stderr
     assert completed_stages(tmp_path) == []

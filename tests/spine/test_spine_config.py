@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 from spine_helpers import compose_cfg
 
 from hpcadapt.config import ConfigError, validate
@@ -33,7 +33,9 @@ def test_every_experiment_composes_and_validates(experiment):
 
 
 def test_required_experiments_exist():
-    assert {"tiny_demo", "mistral_orpo_slerp", "llama_orpo_slerp", "mistral_sft_slerp", "smollm_dpo"} <= set(EXPERIMENTS)
+    assert {"tiny_demo", "mistral_orpo_slerp", "llama_orpo_slerp", "mistral_sft_slerp", "smollm_dpo"} <= set(
+        EXPERIMENTS
+    )
 
 
 def test_mistral_orpo_slerp_carries_the_papers_settings():
@@ -75,15 +77,18 @@ def test_wrong_type_fails_naming_the_key():
     assert "learning_rate" in str(err.value.__cause__ or err.value)
 
 
-@pytest.mark.parametrize("override, message", [
-    (["stages.orpo.beta=null"], "stages.orpo.beta"),
-    (["stages.cpt.data=nope"], "stages.cpt.data"),
-    (["pipeline.start=middle"], "pipeline.start"),
-    (["pipeline.chain=[cpt,nope]"], "nope"),
-    (["cluster.kind=slurm", "cluster.gpus_per_node=4", "cluster.tasks_per_node=1"], "tasks_per_node"),
-    (["data.mixes.cpt.sources=[{path: a.jsonl},{path: a.jsonl}]"], "repeats"),
-    (["data.mixes.cpt.sources=[{path: a.jsonl, weight: 0}]"], "weight"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["stages.orpo.beta=null"], "stages.orpo.beta"),
+        (["stages.cpt.data=nope"], "stages.cpt.data"),
+        (["pipeline.start=middle"], "pipeline.start"),
+        (["pipeline.chain=[cpt,nope]"], "nope"),
+        (["cluster.kind=slurm", "cluster.gpus_per_node=4", "cluster.tasks_per_node=1"], "tasks_per_node"),
+        (["data.mixes.cpt.sources=[{path: a.jsonl},{path: a.jsonl}]"], "repeats"),
+        (["data.mixes.cpt.sources=[{path: a.jsonl, weight: 0}]"], "weight"),
+    ],
+)
 def test_inconsistent_settings_fail_validation(override, message):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -91,14 +96,22 @@ def test_inconsistent_settings_fail_validation(override, message):
 
 
 def run_cli(*args: str, cwd: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcadapt", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcadapt", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_cfg_job_prints_config_without_importing_torch():
-    code = ("import sys, runpy; sys.argv=['hpcadapt', '+experiment=mistral_orpo_slerp', '--cfg', 'job'];\n"
-            "try:\n    runpy.run_module('hpcadapt', run_name='__main__')\nexcept SystemExit: pass\n"
-            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')")
+    code = (
+        "import sys, runpy; sys.argv=['hpcadapt', '+experiment=mistral_orpo_slerp', '--cfg', 'job'];\n"
+        "try:\n    runpy.run_module('hpcadapt', run_name='__main__')\nexcept SystemExit: pass\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "name: mistral_orpo_slerp" in out.stdout
     assert "NO_TORCH" in out.stdout
@@ -115,10 +128,15 @@ def test_cli_defaults_to_tiny_demo_and_rejects_unknown_names():
     assert bad_model.returncode != 0 and "model/no_such_model" in bad_model.stderr
 
 
-@pytest.mark.parametrize("argv", [
-    ["--cfg", "job"], ["--cfg", "job", "cluster=site_example"], ["cluster=site_example", "--cfg", "job"],
-    ["-m", "stages.cpt.learning_rate=1e-3,2e-3"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cfg", "job"],
+        ["--cfg", "job", "cluster=site_example"],
+        ["cluster=site_example", "--cfg", "job"],
+        ["-m", "stages.cpt.learning_rate=1e-3,2e-3"],
+    ],
+)
 def test_default_experiment_stays_with_the_overrides(argv):
     from hpcadapt.__main__ import with_default_experiment
 
@@ -159,7 +177,9 @@ def test_stage_folders_depend_on_data_content_not_location(tmp_path):
     from hpcadapt.plan import plan_pipeline
 
     def folders(root):
-        plan = plan_pipeline(compose_cfg([f"output_root={root}", *FAST, "pipeline.merge=true", "pipeline.evaluate=true"]))
+        plan = plan_pipeline(
+            compose_cfg([f"output_root={root}", *FAST, "pipeline.merge=true", "pipeline.evaluate=true"])
+        )
         return {s.name: s.stage_dir.name for s in plan.stages}
 
     for root in ("a", "b"):
@@ -176,19 +196,23 @@ def test_stage_folders_depend_on_data_content_not_location(tmp_path):
 def test_gradient_checkpointing_setting_reaches_the_trainer(tmp_path, setting):
     """TRL's configs default checkpointing to on: turning it off must reach the trainer
     (else every layer is recomputed in the backward pass, ~25% of a tiny CPU step)."""
+    from spine_helpers import write_toy_domain
     from trl import SFTConfig
     from trl.experimental.orpo import ORPOConfig
-
-    from spine_helpers import write_toy_domain
 
     from hpcadapt.plan import plan_pipeline
     from hpcadapt.training import Env, trainer_kwargs
 
     write_toy_domain(tmp_path)
-    cfg = compose_cfg([f"output_root={tmp_path}", f"stages.cpt.gradient_checkpointing={str(setting).lower()}",
-                       f"stages.orpo.gradient_checkpointing={str(setting).lower()}"])
+    cfg = compose_cfg(
+        [
+            f"output_root={tmp_path}",
+            f"stages.cpt.gradient_checkpointing={str(setting).lower()}",
+            f"stages.orpo.gradient_checkpointing={str(setting).lower()}",
+        ]
+    )
     plan = plan_pipeline(cfg)
-    env = Env(rank=0, local_rank=0, world_size=1, cuda=False, bf16=False)
+    env = Env(rank=0, world_size=1, cuda=False, bf16=False)
     for name, config_class in (("cpt", SFTConfig), ("orpo", ORPOConfig)):
         args = config_class(**trainer_kwargs(plan.stage(name).spec, env))
         assert args.activation_checkpointing is setting, name
@@ -199,7 +223,9 @@ SINGLE_PROCESS_SETUP = """
 import os
 from transformers import TrainingArguments
 from hpcadapt.training import setup
-env = setup({"model_loading": {"dtype": "float32"}, "deepspeed": {"enabled": False}})
+from hpcadapt.spec import StageSpec
+env = setup(StageSpec(name="cpt", kind="cpt", hash="0", pipeline="p", stage_dir="", staging_dir="", inputs={},
+                      settings={}, model_loading={"dtype": "float32"}, deepspeed={"enabled": False}))
 args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
 print(env.rank, env.world_size, "LOCAL_RANK" in os.environ, args.distributed_state.distributed_type.name,
       args.parallel_mode.name)
@@ -211,9 +237,15 @@ def test_single_process_stage_trains_without_a_process_group(tmp_path):
     wraps the model in DistributedDataParallel (13-20% slower on the tiny CPU model).
     setup() drops the rank variables for one process, so the Trainer runs undistributed.
     In a subprocess: accelerate's state is a process-wide singleton."""
-    from hpcadapt.launch.local import free_port, rank_env
+    from hpcadapt.launch.processes import free_port, rank_env
 
-    out = subprocess.run([sys.executable, "-c", SINGLE_PROCESS_SETUP], env=rank_env(0, 1, port=free_port()),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SINGLE_PROCESS_SETUP],
+        env=rank_env(0, 1, port=free_port()),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-5:] == ["0", "1", "False", "NO", "NOT_PARALLEL"]

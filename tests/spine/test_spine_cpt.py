@@ -7,7 +7,7 @@ import json
 import pytest
 from spine_helpers import FAST, compose_cfg, write_jsonl, write_toy_domain
 
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
 
 pytestmark = pytest.mark.slow
 

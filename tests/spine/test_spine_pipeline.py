@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from spine_helpers import FAST, compose_cfg, write_toy_domain
 
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
 from hpcadapt.plan import plan_pipeline
 from hpcadapt.training import saved_parameters
 

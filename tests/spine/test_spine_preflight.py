@@ -18,8 +18,9 @@ from hpcadapt import hub
 from hpcadapt.config import ClusterConfig, OneTaskResources
 from hpcadapt.errors import HpcadaptError
 from hpcadapt.launch import job_env
+from hpcadapt.launch.local import run_local
+from hpcadapt.launch.prepare import prepare_data
 from hpcadapt.launch.slurm_submit import job_python, make_executor, sbatch_script
-from hpcadapt.pipeline import prepare_data, run_local
 from hpcadapt.plan import plan_pipeline
 
 
@@ -99,7 +100,7 @@ def test_hub_models_are_pinned_to_a_commit_that_enters_the_stage_hash(tmp_path, 
         plan_pipeline(compose_cfg(args))
     fake_hub_cache(tmp_path / "hub", "acme/tiny", model, "a" * 40)
     first = plan_pipeline(compose_cfg(args))
-    assert first.stage("cpt").spec["inputs"]["model"] == f"hub:acme/tiny@{'a' * 40}"
+    assert first.stage("cpt").spec.inputs["model"] == f"hub:acme/tiny@{'a' * 40}"
     (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("b" * 40)  # upstream moved on
     moved = plan_pipeline(compose_cfg(args))
     assert moved.stage("cpt").stage_dir != first.stage("cpt").stage_dir
@@ -147,15 +148,15 @@ def test_rehearsal_caps_sizes_and_steps_and_keeps_everything_else(tmp_path):
     rehearsal = compose_cfg([f"output_root={tmp_path}", "scale=rehearsal"], experiment="mistral_orpo_slerp")
     prepare_data(rehearsal)
     plan = plan_pipeline(rehearsal)
-    orpo = plan.stage("orpo").spec["settings"]
+    orpo = plan.stage("orpo").spec.settings
     assert (orpo["max_steps"], orpo["max_length"], orpo["global_batch_size"]) == (4, 256, 4)
     assert orpo["max_prompt_length"] == 1536 * 256 // 3072 and orpo["warmup_steps"] == 1
     for key in ("learning_rate", "beta", "lr_scheduler_type", "num_train_epochs"):
         assert orpo[key] == full.stages.orpo[key]
-    assert plan.stage("cpt").spec["settings"]["packing"] is True
-    assert plan.stage("merge").spec["settings"]["t"] == OmegaConf.to_container(full.merge.t)
+    assert plan.stage("cpt").spec.settings["packing"] is True
+    assert plan.stage("merge").spec.settings["t"] == OmegaConf.to_container(full.merge.t)
     assert [s.name for s in plan.stages] == ["cpt", "sft", "orpo", "merge", "eval"]
-    assert [s["weight"] for s in plan.stage("sft").spec["data_sources"]] == [0.5, 1.0]
+    assert [s["weight"] for s in plan.stage("sft").spec.data_sources] == [0.5, 1.0]
     config = json.loads((Path(rehearsal.model.instruct) / "config.json").read_text())
     assert config["architectures"] == ["MistralForCausalLM"] and config["vocab_size"] == 32768
 
@@ -170,4 +171,4 @@ def test_hub_datasets_must_be_pinned_or_cached(tmp_path, monkeypatch):
         plan_pipeline(compose_cfg(args))
     source = f"{{path: acme/papers, revision: {'c' * 40}}}"
     pinned = plan_pipeline(compose_cfg([*args[:-1], f"data.mixes.cpt.sources=[{source}]"]))
-    assert pinned.stage("cpt").spec["inputs"]["data"][0]["identity"] == f"hub:acme/papers@{'c' * 40}"
+    assert pinned.stage("cpt").spec.inputs["data"][0]["identity"] == f"hub:acme/papers@{'c' * 40}"

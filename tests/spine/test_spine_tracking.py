@@ -4,17 +4,19 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+from hpcadapt.spec import StageSpec
 from hpcadapt.tracking import run_id
 
 
-def spec_for(stage_dir: Path) -> dict:
-    return {
-        "name": "cpt", "kind": "cpt", "hash": "ab" * 32, "stage_dir": str(stage_dir),
-        "settings": {"lr": 1e-5}, "inputs": {},
-        "wandb": {"enabled": True, "mode": "offline", "project": "hpcadapt-test", "group": "run-1", "tags": []},
-    }
+def spec_for(stage_dir: Path) -> StageSpec:
+    return StageSpec(
+        name="cpt", kind="cpt", hash="ab" * 32, pipeline="p", stage_dir=str(stage_dir), staging_dir=str(stage_dir),
+        settings={"lr": 1e-5}, inputs={}, model_loading={},
+        wandb={"enabled": True, "mode": "offline", "project": "hpcadapt-test", "group": "run-1", "tags": []},
+    )
 
 
 def test_run_id_is_stable_per_folder_and_distinct_between_output_roots(tmp_path):
@@ -26,8 +28,9 @@ def test_run_id_is_stable_per_folder_and_distinct_between_output_roots(tmp_path)
 
 OPEN_RUN = """
 import json, os, sys
+from hpcadapt.spec import StageSpec
 from hpcadapt.tracking import start_run
-spec = json.loads(sys.argv[1])
+spec = StageSpec(**json.loads(sys.argv[1]))
 run = start_run(spec)
 print("RUN", run.id, os.environ.get("WANDB_SERVICE", "") != sys.argv[2])
 run.finish()
@@ -40,7 +43,7 @@ def test_stage_opens_its_own_wandb_service_despite_an_inherited_address(tmp_path
     stale = "3-999999-unix-/nonexistent/wandb-core.sock"
     stage_dir = tmp_path / "out/stages/cpt-abab"
     env = {**os.environ, "WANDB_SERVICE": stale, "RANK": "0"}
-    out = subprocess.run([sys.executable, "-c", OPEN_RUN, json.dumps(spec_for(stage_dir)), stale],
+    out = subprocess.run([sys.executable, "-c", OPEN_RUN, json.dumps(asdict(spec_for(stage_dir))), stale],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"RUN {run_id(spec_for(stage_dir))} True" in out.stdout

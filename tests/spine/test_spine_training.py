@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 from spine_helpers import FAST, compose_cfg, write_toy_domain
 
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
+from hpcadapt.spec import StageSpec
 from hpcadapt.throughput import flops_per_token, peak_tflops, stage_throughput
 from hpcadapt.training import Env, load_model
 
@@ -36,11 +37,15 @@ def test_weights_stay_fp32_without_deepspeed_and_bf16_under_it(tmp_path):
     from hpcadapt.tiny import build_tiny_model_dir
 
     model_dir = build_tiny_model_dir(tmp_path / "m", ["some text"] * 20, vocab_size=300)
-    bf16_env = Env(rank=0, local_rank=0, world_size=1, cuda=False, bf16=True)
-    spec = {"model_loading": {"dtype": "bfloat16", "attn_implementation": "sdpa", "trust_remote_code": False}}
-    plain = load_model(str(model_dir), {**spec, "deepspeed": {"enabled": False}}, bf16_env)
+    bf16_env = Env(rank=0, world_size=1, cuda=False, bf16=True)
+    def spec(deepspeed: bool) -> StageSpec:
+        return StageSpec(name="cpt", kind="cpt", hash="0", pipeline="p", stage_dir="", staging_dir="", inputs={},
+                         settings={}, deepspeed={"enabled": deepspeed},
+                         model_loading={"dtype": "bfloat16", "attn_implementation": "sdpa", "trust_remote_code": False})
+
+    plain = load_model(str(model_dir), spec(deepspeed=False), bf16_env)
     assert {p.dtype for p in plain.parameters()} == {torch.float32}
-    zero = load_model(str(model_dir), {**spec, "deepspeed": {"enabled": True}}, bf16_env)
+    zero = load_model(str(model_dir), spec(deepspeed=True), bf16_env)
     assert {p.dtype for p in zero.parameters()} == {torch.bfloat16}
 
 

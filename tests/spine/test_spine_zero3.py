@@ -7,7 +7,7 @@ import json
 import pytest
 from spine_helpers import FAST, compose_cfg, write_toy_domain
 
-from hpcadapt.pipeline import run_local
+from hpcadapt.launch.local import run_local
 from hpcadapt.training import saved_parameters
 
 pytestmark = pytest.mark.slow
