@@ -51,6 +51,21 @@ class ModelConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Low-rank adapters (peft) instead of full-parameter training: for one or two GPUs rather
+    than the paper's node of eight. QLoRA loads the frozen weights in 4 bits (bitsandbytes, CUDA
+    only). At the end of the stage the adapter is merged into full 16-bit weights, so the next
+    stages, the SLERP merge and the evaluation read an ordinary model folder; the adapter is
+    kept beside them in `adapter/`."""
+
+    method: str = "none"  # none (every weight trains, as in the paper) | lora | qlora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # or a list of module names, e.g. [q_proj, v_proj]
+
+
+@dataclass
 class StageConfig:
     """One training stage: which recipe (`kind`), on which data mix, with which settings.
 
@@ -88,6 +103,7 @@ class StageConfig:
     checkpoint_every_minutes: float = 60.0
     save_steps: int = 0
     keep_checkpoints: bool = False  # keep Trainer checkpoints in the finished stage folder
+    peft: PeftConfig = field(default_factory=PeftConfig)
     # Anything else the TRL config accepts, passed through unchanged.
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +155,17 @@ class DataConfig:
     mixes: Dict[str, DataMix] = field(default_factory=dict)
     benchmark: List[str] = field(default_factory=list)  # JSONL question sets
     heldout: Optional[str] = None  # JSONL {"text"} for perplexity
+
+
+@dataclass
+class SpeedConfig:
+    """How fast training stages run. These options change speed, not what a stage computes
+    (up to floating-point order), so they stay out of the stage hash; every choice, and the
+    reason for a fallback, is printed and kept in the stage's manifest (hpcadapt/training.py)."""
+
+    liger: str = "auto"  # Liger kernels: auto (where liger-kernel imports and the stage runs on CUDA) | on | off
+    compile: bool = False  # torch.compile the model
+    tf32: bool = True  # TF32 matrix multiplies on GPUs that have them
 
 
 @dataclass
@@ -306,6 +333,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     output_root: str = "outputs"
     # Modules imported before validation and in every stage process, to register stage kinds
@@ -356,6 +384,14 @@ def validate(cfg: Any) -> None:
             if value is None and kind.reads.get(setting, None) is kinds.REQUIRED:
                 raise ConfigError(f"{key}.{setting} is not set; a {stage.kind} stage needs it")
         check_stage_numbers(stage, key)
+        if stage.peft.method != "none":
+            if stage.peft.method not in ("lora", "qlora"):
+                raise ConfigError(f"{key}.peft.method must be none, lora or qlora, got {stage.peft.method!r}")
+            if cfg.deepspeed.enabled and cfg.deepspeed.stage == 3:
+                raise ConfigError(
+                    f"{key}.peft: adapters train without ZeRO-3 (its partitioned weights cannot be merged "
+                    f"with the adapter in place); use deepspeed=none or deepspeed=zero2"
+                )
         if stage.global_batch_size < stage.per_device_train_batch_size:
             raise ConfigError(
                 f"{key}.global_batch_size ({stage.global_batch_size}) is smaller than "
@@ -398,6 +434,8 @@ def validate(cfg: Any) -> None:
             f"model.attn_implementation is {cfg.model.attn_implementation!r}; expected one of "
             f"{', '.join(ATTENTION_CHOICES)}"
         )
+    if cfg.speed.liger not in ("auto", "on", "off"):
+        raise ConfigError(f"speed.liger must be auto, on or off, got {cfg.speed.liger!r}")
     if cfg.wandb.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
     if cfg.merge.method not in ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"):

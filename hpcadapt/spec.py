@@ -41,6 +41,7 @@ class StageSpec:
     merge_t: Any = None  # eval: the merge's t schedule, for its plot
     # How training runs.
     deepspeed: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    speed: dict[str, Any] = field(default_factory=dict)  # liger, compile, tf32 (hpcadapt/config.py SpeedConfig)
     keep_checkpoints: bool = False
 
     def write(self, path: Path) -> None:

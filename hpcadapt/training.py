@@ -146,11 +146,40 @@ def trainer_kwargs(spec: StageSpec, env: Env) -> dict[str, Any]:
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+    kwargs.update(speed_kwargs(spec, env))
     # Always explicit: TRL's configs default to checkpointing on, so leaving it unset when
     # the user turned it off would still recompute every layer in the backward pass.
     kwargs["activation_checkpointing"] = bool(s["gradient_checkpointing"])
     if s["gradient_checkpointing"]:
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return kwargs
+
+
+def speed_kwargs(spec: StageSpec, env: Env) -> dict[str, Any]:
+    """The speed options (config `speed`) as Trainer arguments, each choice printed once.
+
+    `liger: on` where Liger cannot run is an error, never a silent drop; `auto` falls back
+    with its reason. The choices are kept in `spec.speed["chosen"]` for the manifest."""
+    import importlib.util
+
+    options = spec.speed or {}
+    chosen: dict[str, Any] = {}
+    liger = options.get("liger", "auto")
+    available = importlib.util.find_spec("liger_kernel") is not None
+    missing = "" if available and env.cuda else ("no GPU here" if available else "liger-kernel is not installed")
+    if liger == "on" and missing:
+        raise ModelError(f"speed.liger=on, but Liger kernels need the liger-kernel package and a GPU ({missing}); "
+                         f"set speed.liger=auto or off")
+    use_liger = liger != "off" and not missing
+    chosen["liger"] = "on" if use_liger else "off" if liger == "off" else f"off ({missing})"
+    chosen["compile"] = bool(options.get("compile", False))
+    chosen["tf32"] = bool(options.get("tf32", True)) and env.cuda
+    if env.is_main:
+        print("hpcadapt: speed options: " + ", ".join(f"{k} {v}" for k, v in chosen.items()), flush=True)
+    spec.speed = {**options, "chosen": chosen}
+    kwargs: dict[str, Any] = {"use_liger_kernel": use_liger, "torch_compile": chosen["compile"]}
+    if env.cuda:
+        kwargs["tf32"] = chosen["tf32"]
     return kwargs
 
 
@@ -181,6 +210,9 @@ def load_model(path: str, spec: StageSpec, env: Env):
     attn = attention.resolve(loading["attn_implementation"], env.cuda)
     if attn != loading["attn_implementation"] and env.is_main:
         print(f"hpcadapt: model.attn_implementation=auto: using {attn}", flush=True)
+    extra: dict[str, Any] = {}
+    if (spec.settings.get("peft") or {}).get("method") == "qlora":
+        extra["quantization_config"] = qlora_quantization(env)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,
@@ -188,8 +220,70 @@ def load_model(path: str, spec: StageSpec, env: Env):
         revision=spec.revisions.get(path),
         trust_remote_code=loading["trust_remote_code"],
         use_safetensors=True,
+        **extra,
     )
     return model
+
+
+def qlora_quantization(env: Env):
+    """4-bit NF4 weights for QLoRA; bitsandbytes computes on CUDA only."""
+    import importlib.util
+
+    if not env.cuda:
+        raise ModelError("peft.method=qlora loads the frozen weights in 4 bits with bitsandbytes, which needs a "
+                         "GPU; this stage runs on the CPU. Use peft.method=lora here.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("peft.method=qlora needs the bitsandbytes package where the stage runs: pip install "
+                         "bitsandbytes, or use peft.method=lora")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def peft_config(spec: StageSpec):
+    """The stage's adapter settings as a peft LoraConfig, or None for full-parameter training."""
+    settings = spec.settings.get("peft")
+    if not settings:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
+                      target_modules=settings["target_modules"], task_type="CAUSAL_LM")
+
+
+def save_weights(trainer, out: Path, spec: StageSpec, env: Env) -> None:
+    """The stage's model as a full Hugging Face folder in `out`.
+
+    An adapter stage keeps its adapter in `out/adapter` and writes the weights merged with
+    it (LoRA in place; QLoRA's 4-bit base is reloaded in 16 bits first, since rounding the
+    merged weights to 4 bits would lose the update)."""
+    adapter = spec.settings.get("peft")
+    if not adapter:
+        trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not env.is_main:
+        return
+    model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    if adapter["method"] == "qlora":
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(spec.input_model, dtype=torch.bfloat16, use_safetensors=True,
+                                                    revision=spec.revisions.get(spec.input_model))
+        if base.get_input_embeddings().weight.shape[0] != model.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(model.get_input_embeddings().weight.shape[0])
+        model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    model.merge_and_unload().save_pretrained(str(out), safe_serialization=True)
+
+
+def reference_model(spec: StageSpec, env: Env, tokenizer):
+    """DPO/KTO's frozen reference: with an adapter, TRL uses the policy with its adapter
+    switched off (no second copy in memory); otherwise a model of its own."""
+    return None if spec.settings.get("peft") else load_reference_model(spec, env, tokenizer)
 
 
 def load_reference_model(spec: StageSpec, env: Env, tokenizer):
@@ -236,6 +330,7 @@ def checkpoint_callback(every_minutes: float):
     - Every `every_minutes` of training since the last checkpoint (rank 0's clock decides).
     - Never at the last step: the trained model is saved right after, and a ZeRO-3
       checkpoint (weights, fp32 master copy, optimizer state) would be written for nothing.
+    After every save, the checkpoint is sealed with its completion record (`seal_checkpoint`).
     Built here rather than at import so this module imports without transformers.
     """
     import time
@@ -249,6 +344,7 @@ def checkpoint_callback(every_minutes: float):
         last_save = time.monotonic()
 
         def on_save(self, args, state, control, **kwargs):
+            seal_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             self.last_save = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -274,15 +370,34 @@ def checkpoint_callback(every_minutes: float):
 
 
 def resume_checkpoint(spec: StageSpec, env: Env) -> str | None:
-    """The newest checkpoint of an interrupted attempt, checked against this world size."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete, unchanged checkpoint of an interrupted attempt, checked against this world size.
 
+    A checkpoint counts only with its completion record (`seal_checkpoint`, written after
+    the save), every recorded file present at its size and sha256, nothing added, and the
+    record's signature valid. Newer ones that fail are reported with the reason: one without
+    a record (its save was interrupted: a kill, a full disk) is removed; one whose files
+    changed after it was sealed is moved aside as `rejected-checkpoint-N` and nothing in it
+    is loaded. All of this happens before the Trainer unpickles anything (DeepSpeed's
+    `*_model_states.pt` / `*_optim_states.pt`, the optimizer, scheduler and RNG states).
+    """
     staging = Path(spec.staging_dir)
     ckpt_root = staging / "checkpoints"
     record = staging / "world_size.json"
-    last = get_last_checkpoint(str(ckpt_root)) if ckpt_root.is_dir() else None
-    if last and record.is_file():
-        before = json.loads(record.read_text())["world_size"]
+    last, skipped = None, []
+    for folder in checkpoint_folders(ckpt_root):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            problem = checkpoint_digest_problem(folder, env)
+        if problem is None:
+            last = folder
+            break
+        skipped.append((folder, problem))
+    _barrier()
+    if env.is_main:
+        for folder, problem in skipped:
+            print(f"hpcadapt: {spec.name}: {set_aside(folder, problem)}", flush=True)
+    if last is not None:
+        before = json.loads((last / CHECKPOINT_RECORD).read_text())["world_size"]
         if before != env.world_size:
             raise ModelError(
                 f"stage {spec.name} has a checkpoint ({last}) written by {before} processes, but this run has "
@@ -292,7 +407,227 @@ def resume_checkpoint(spec: StageSpec, env: Env) -> str | None:
             )
     if env.is_main:  # atomic: other ranks read this file at the same moment
         write_json_atomic(record, {"world_size": env.world_size})
-    return last
+    return str(last) if last is not None else None
+
+
+CHECKPOINT_RECORD = "hpcadapt-checkpoint.json"  # a checkpoint's completion record, written last
+# A checkpoint holds pickles, so a swapped file must be caught: a cryptographic digest.
+CHECKPOINT_DIGEST = "sha256"
+
+
+def checkpoint_folders(ckpt_root: Path) -> list[Path]:
+    """`checkpoint-N` folders, newest (highest N) first."""
+    import re
+
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+
+
+def seal_checkpoint(folder: Path) -> None:
+    """Record a just-written checkpoint's files (size and sha256 of each), signed, as its last file.
+
+    Called on every rank once the Trainer has written the checkpoint. Each rank digests a
+    share of the files (the large ones spread over ranks), rank 0 writes the record
+    atomically. Without the record the checkpoint is incomplete and never resumed from.
+    """
+    import time
+
+    from hpcadapt.stagedir import folder_files, record_files
+
+    rank, world = _rank_and_world()
+    _barrier()  # every rank's files are written
+    names = folder_files(folder, skip=(CHECKPOINT_RECORD,))
+    files = record_files(folder, share_of(folder, names, rank, world), CHECKPOINT_DIGEST)
+    for part in _gather(files):
+        files.update(part)
+    if rank == 0:
+        body = {"checkpoint": folder.name, "world_size": world, "files": dict(sorted(files.items()))}
+        write_json_atomic(folder / CHECKPOINT_RECORD,
+                          {**body, "signature": sign(body), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    _barrier()
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, by what a directory listing and its record say
+    (no file is read but the record); None if nothing is wrong so far."""
+    from hpcadapt.stagedir import file_problem, folder_files
+
+    record_path = folder / CHECKPOINT_RECORD
+    if not record_path.is_file():
+        return "incomplete: it has no completion record, so its save was interrupted (a kill, a full disk)"
+    try:
+        record = json.loads(record_path.read_text())
+        body = {k: record[k] for k in ("checkpoint", "world_size", "files")}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return f"changed after it was written: {CHECKPOINT_RECORD} is not the record hpcadapt wrote"
+    if body["checkpoint"] != folder.name:
+        return f"changed after it was written: its record is {body['checkpoint']}'s"
+    signed = signature_problem(body, record.get("signature"))
+    if signed:
+        return f"changed after it was written: {signed}"
+    added = sorted(set(folder_files(folder, skip=(CHECKPOINT_RECORD,))) - set(body["files"]))
+    if added:
+        return f"changed after it was written: {added[0]} was not part of it"
+    for rel, info in body["files"].items():
+        problem = file_problem(folder, rel, info, full=False)
+        if problem:
+            return f"changed after it was written: {rel} {problem.replace('the manifest', 'its record')}"
+    return None
+
+
+def checkpoint_digest_problem(folder: Path, env: Env) -> str | None:
+    """Every recorded file's sha256 against the record, the files shared out over the ranks; the
+    first difference (the same answer on every rank), or None."""
+    from hpcadapt.stagedir import file_problem
+
+    rank, world = _rank_and_world()
+    files = json.loads((folder / CHECKPOINT_RECORD).read_text())["files"]
+    problems = []
+    for rel in share_of(folder, sorted(files), rank, world):
+        problem = file_problem(folder, rel, files[rel], full=True)
+        if problem:
+            problems.append(f"changed after it was written: {rel} {problem.replace('the manifest', 'its record')}")
+    found = sorted(p for part in _gather(problems) for p in part)
+    return found[0] if found else None
+
+
+def set_aside(folder: Path, problem: str) -> str:
+    """Remove an incomplete checkpoint (it frees the space a full disk needs back), or move a
+    changed one aside for inspection; returns what was done, for the log."""
+    import shutil
+    import time
+
+    if problem.startswith("incomplete"):
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"skipped {folder.name}, {problem}; removed it"
+    target = folder.with_name(f"rejected-{folder.name}")
+    if target.exists():
+        target = folder.with_name(f"rejected-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(target)
+    return (f"refused {folder.name}, {problem}; nothing in it was loaded, it was moved to {target} (delete it once "
+            f"inspected)")
+
+
+def share_of(folder: Path, names: list[str], rank: int, world: int) -> list[str]:
+    """This rank's files of `names`: the largest first, each to the rank with the fewest bytes so far
+    (the same answer on every rank, which all list the same folder)."""
+    sizes = sorted(((folder / n).stat().st_size, n) for n in names)
+    loads = [0] * world
+    mine = []
+    for size, name in reversed(sizes):
+        owner = loads.index(min(loads))
+        loads[owner] += size
+        if owner == rank:
+            mine.append(name)
+    return sorted(mine)
+
+
+def signing_key(create: bool) -> bytes | None:
+    """This user's key for checkpoint records: `$HPCADAPT_KEY_FILE`, else ~/.config/hpcadapt/checkpoint.key
+    (mode 0600, made on first use). Someone who can write the output folder but not read this
+    file cannot forge a record for a swapped file. None if there is none and it cannot be made."""
+    import secrets
+
+    path = Path(os.environ.get("HPCADAPT_KEY_FILE") or Path.home() / ".config" / "hpcadapt" / "checkpoint.key")
+    if create and not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            try:
+                os.link(tmp, path)  # appears with its content, or another process's key stays
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            return None
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return key or None
+
+
+def sign(body: dict[str, Any]) -> str | None:
+    import hashlib
+    import hmac
+
+    key = signing_key(create=True)
+    if key is None:
+        return None
+    return "hmac-sha256:" + hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def signature_problem(body: dict[str, Any], signature: str | None) -> str | None:
+    """Why a record's signature is not this user's (None if it is, or if neither has a key)."""
+    import hmac
+
+    key = signing_key(create=False)
+    if signature is None:
+        return "its record is not signed, but this user has a checkpoint key" if key else None
+    if key is None:
+        return "its record is signed, but this user has no checkpoint key to check it (another user's, or HOME differs)"
+    if not hmac.compare_digest(signature, sign(body) or ""):
+        return "its record's signature does not match (edited, or sealed with another user's key)"
+    return None
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _gather(obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order (just `[obj]` in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def explain_failed_save(error: BaseException, spec: StageSpec) -> None:
+    """Raise WriteFailed if training stopped because a checkpoint could not be written (disk full,
+    quota): the torn checkpoint is removed and the message names what the next run resumes from."""
+    import shutil
+
+    from hpcadapt.errors import WriteFailed, write_failure
+
+    why = write_failure(error)
+    if why is None:
+        return
+    ckpt_root = Path(spec.staging_dir) / "checkpoints"
+    torn, intact = None, None
+    for folder in checkpoint_folders(ckpt_root):
+        if not (folder / CHECKPOINT_RECORD).is_file():
+            torn = torn or folder
+            shutil.rmtree(folder, ignore_errors=True)
+        elif intact is None:
+            intact = folder
+    free = shutil.disk_usage(spec.staging_dir).free if Path(spec.staging_dir).exists() else 0
+    what = f"writing {torn.name}" if torn else "a write during training"
+    then = (f"{intact.name} is intact and the next run resumes from it" if intact else
+            "there is no earlier checkpoint, so the next run starts the stage again from its input model")
+    raise WriteFailed(f"stage {spec.name}: {what} in {ckpt_root} failed: {why} ({free / 2**20:,.0f} MiB free "
+                      f"there now). The incomplete checkpoint was removed; {then}. Free space (or point output_root "
+                      f"at a larger filesystem) and run the same command again.") from None
 
 
 def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[str]) -> dict[str, Any]:
@@ -305,11 +640,15 @@ def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[st
     checkpoint = resume_checkpoint(spec, env)
     if checkpoint and env.is_main:
         print(f"hpcadapt: resuming {spec.name} from {checkpoint}", flush=True)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as e:
+        explain_failed_save(e, spec)
+        raise
     if preemption.preempted:
         raise stop_flag.StagePreempted(f"stage {spec.name} stopped at step {trainer.state.global_step} on request")
     out = Path(spec.staging_dir)
-    trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
+    save_weights(trainer, out, spec, env)
     if env.is_main:
         tokenizer.save_pretrained(str(out))
         model = trainer.model
@@ -340,6 +679,7 @@ def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[st
         "runtime_s": result.metrics.get("train_runtime"),
         "world_size": env.world_size,
         "attention": getattr(trainer.model.config, "_attn_implementation", None),
+        "speed_options": spec.speed.get("chosen"),
         "speed": speed,
         "notes": notes,
     }

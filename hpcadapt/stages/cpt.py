@@ -39,15 +39,27 @@ def run(spec: StageSpec) -> dict[str, Any]:
     }, spec))
     model = training.load_model(spec.input_model, spec, env)  # after args: ZeRO-3 partitions at load
     notes = preflight.ensure_pad_token(tokenizer, model)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=windows, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        peft_config=training.peft_config(spec),
+        args=args,
+        train_dataset=windows,
+        processing_class=tokenizer,
+    )
     preflight.check_first_example(trainer, tokenizer, spec.kind)
-    corpus = {"documents": len(documents), "windows": len(windows),
-              "corpus_tokens": training.count_tokens(windows)["tokens"],
-              "trained_tokens_per_epoch": training.count_tokens(trainer.train_dataset)["tokens"]}
+    corpus = {
+        "documents": len(documents),
+        "windows": len(windows),
+        "corpus_tokens": training.count_tokens(windows)["tokens"],
+        "trained_tokens_per_epoch": training.count_tokens(trainer.train_dataset)["tokens"],
+    }
     if env.is_main:
-        print(f"hpcadapt: cpt corpus {corpus['documents']:,} documents, {corpus['corpus_tokens']:,} tokens in "
-              f"{corpus['windows']:,} windows of <= {s['max_length']}; {corpus['trained_tokens_per_epoch']:,} "
-              f"tokens per epoch", flush=True)
+        print(
+            f"hpcadapt: cpt corpus {corpus['documents']:,} documents, {corpus['corpus_tokens']:,} tokens in "
+            f"{corpus['windows']:,} windows of <= {s['max_length']}; {corpus['trained_tokens_per_epoch']:,} "
+            f"tokens per epoch",
+            flush=True,
+        )
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return {**metrics, "corpus": corpus}
 
@@ -65,9 +77,9 @@ def document_windows(documents, tokenizer, max_length: int):
         for ids in tokenizer(batch["text"])["input_ids"]:
             if not ids or ids[-1] != eos:
                 ids = [*ids, eos]
-            out += [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+            out += [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
         return {"input_ids": out}
 
-    return documents.map(split, batched=True, remove_columns=documents.column_names,
-                         desc="Tokenizing documents into windows")
-
+    return documents.map(
+        split, batched=True, remove_columns=documents.column_names, desc="Tokenizing documents into windows"
+    )

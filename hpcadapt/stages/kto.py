@@ -28,8 +28,15 @@ def run(spec: StageSpec) -> dict[str, Any]:
     }, spec))
     model = training.load_model(spec.input_model, spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
-    ref_model = training.load_reference_model(spec, env, tokenizer)
-    trainer = KTOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    ref_model = training.reference_model(spec, env, tokenizer)
+    trainer = KTOTrainer(
+        model=model,
+        peft_config=training.peft_config(spec),
+        ref_model=ref_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     preflight.check_first_example(trainer, tokenizer, spec.kind)
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return metrics

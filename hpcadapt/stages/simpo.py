@@ -30,7 +30,13 @@ def run(spec: StageSpec) -> dict[str, Any]:
     }, spec))
     model = training.load_model(spec.input_model, spec, env)
     notes += preflight.ensure_pad_token(tokenizer, model)
-    trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = CPOTrainer(
+        model=model,
+        peft_config=training.peft_config(spec),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     preflight.check_first_example(trainer, tokenizer, spec.kind)
     metrics = training.train_and_save(trainer, tokenizer, spec, env, notes)
     return metrics

@@ -59,3 +59,16 @@ def summary_accuracy(results: dict, model: str) -> float:
     """Overall log-likelihood accuracy of one model, from the per-question records."""
     records = results["records"][model]["loglik"]
     return sum(r["acc"] for r in records) / len(records)
+
+
+def test_chat_answers_a_demo_question_with_the_merged_model(demo):
+    root, _, _ = demo
+    run_dir = next((root / "runs").glob("tiny_demo-*"))
+    question = json.loads((root / "demo_data" / "benchmark_basic.jsonl").read_text().splitlines()[0])["question"]
+    turns = [sys.executable, "-m", "hpcadapt.chat", str(run_dir / "merge"), "--prompt", question, "--prompt",
+             "And why?", "--max-new-tokens", "16"]
+    first, again = (subprocess.run(turns, capture_output=True, text=True, timeout=300) for _ in range(2))
+    assert first.returncode == 0, first.stderr[-2000:]
+    answers = first.stdout.strip().splitlines()
+    assert len(answers) == 2 and all(a.strip() for a in answers)  # one reply per turn, through its template
+    assert again.stdout == first.stdout  # greedy: the same question gets the same answer

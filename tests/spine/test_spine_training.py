@@ -70,3 +70,58 @@ def test_stage_manifest_records_speed(tmp_path):
     speed = json.loads((plan.stage("cpt").stage_dir / "manifest.json").read_text())["metrics"]["speed"]
     assert speed["tokens"] > 0 and speed["tokens_per_s_per_gpu"] > 0 and speed["mfu"] is None  # no peak for a CPU
     assert speed["peak_memory_gib"] > 0.1
+
+
+def test_speed_options_are_recorded_fall_back_with_a_reason_and_stay_out_of_the_hash(tmp_path):
+    from hpcadapt.errors import ModelError
+    from hpcadapt.plan import plan_pipeline
+    from hpcadapt.training import speed_kwargs
+
+    cpu = Env(rank=0, world_size=1, cuda=False, bf16=False)
+
+    def spec(**speed) -> StageSpec:
+        return StageSpec(name="cpt", kind="cpt", hash="0", pipeline="p", stage_dir="", staging_dir="", inputs={},
+                         settings={}, model_loading={}, speed=speed)
+
+    auto = spec(liger="auto", compile=False, tf32=True)
+    kwargs = speed_kwargs(auto, cpu)
+    assert kwargs == {"use_liger_kernel": False, "torch_compile": False}
+    assert auto.speed["chosen"] == {"liger": "off (liger-kernel is not installed)", "compile": False, "tf32": False}
+    with pytest.raises(ModelError, match=r"speed\.liger=on, but .*liger-kernel is not installed"):
+        speed_kwargs(spec(liger="on"), cpu)
+    write_toy_domain(tmp_path)
+    folders = [[s.stage_dir for s in plan_pipeline(compose_cfg([f"output_root={tmp_path}", *FAST, *extra])).stages]
+               for extra in ([], ["speed.liger=off", "speed.compile=true", "speed.tf32=false"])]
+    assert folders[0] == folders[1]
+
+
+@pytest.mark.slow
+def test_lora_stage_merges_into_full_weights_that_feed_the_next_stage_and_the_merge(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from hpcadapt.training import saved_parameters
+
+    write_toy_domain(tmp_path)
+    lora = ["stages.cpt.peft.method=lora", "stages.cpt.peft.r=4", "stages.cpt.peft.alpha=8",
+            "stages.cpt.peft.dropout=0", "stages.cpt.peft.target_modules=[q_proj,v_proj]"]
+    plan = run_local(compose_cfg([f"output_root={tmp_path}", *FAST, "wandb.enabled=false", *lora,
+                                  "stages.cpt.learning_rate=1e-2", "pipeline.chain=[cpt,sft]", "pipeline.merge=true"]))
+    cpt, before = plan.stage("cpt").stage_dir, plan.stage("instruct_sft").stage_dir
+    assert (cpt / "adapter" / "adapter_config.json").is_file()
+    assert (cpt / "adapter" / "adapter_model.safetensors").is_file()
+    assert saved_parameters(cpt) == saved_parameters(before)  # full weights, no adapter tensors among them
+    new, old = load_file(str(cpt / "model.safetensors")), load_file(str(before / "model.safetensors"))
+    assert new.keys() == old.keys()
+    changed = [k for k in new if not torch.equal(new[k], old[k])]
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)  # only what the adapter touched
+    assert json.loads((plan.stage("merge").stage_dir / "manifest.json").read_text())["complete"]
+    assert json.loads((plan.stage("sft").stage_dir / "manifest.json").read_text())["settings"].get("peft") is None
+
+
+def test_qlora_is_refused_without_a_gpu():
+    from hpcadapt.errors import ModelError
+    from hpcadapt.training import qlora_quantization
+
+    with pytest.raises(ModelError, match="qlora .* needs a GPU; this stage runs on the CPU"):
+        qlora_quantization(Env(rank=0, world_size=1, cuda=False, bf16=False))
