@@ -211,7 +211,7 @@ def load_model(path: str, spec: StageSpec, env: Env):
     if attn != loading["attn_implementation"] and env.is_main:
         print(f"hpcadapt: model.attn_implementation=auto: using {attn}", flush=True)
     extra: dict[str, Any] = {}
-    if (spec.settings.get("peft") or {}).get("method") == "qlora":
+    if (adapter_settings(spec) or {}).get("method") == "qlora":
         extra["quantization_config"] = qlora_quantization(env)
     model = AutoModelForCausalLM.from_pretrained(
         path,
@@ -242,10 +242,16 @@ def qlora_quantization(env: Env):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+def adapter_settings(spec: StageSpec) -> dict[str, Any] | None:
+    """The stage's `peft` settings, or None when every weight trains (method none)."""
+    settings = spec.settings.get("peft")
+    return settings if settings and settings.get("method", "none") != "none" else None
+
+
 def peft_config(spec: StageSpec):
     """The stage's adapter settings as a peft LoraConfig, or None for full-parameter training."""
-    settings = spec.settings.get("peft")
-    if not settings:
+    settings = adapter_settings(spec)
+    if settings is None:
         return None
     from peft import LoraConfig
 
@@ -259,8 +265,8 @@ def save_weights(trainer, out: Path, spec: StageSpec, env: Env) -> None:
     An adapter stage keeps its adapter in `out/adapter` and writes the weights merged with
     it (LoRA in place; QLoRA's 4-bit base is reloaded in 16 bits first, since rounding the
     merged weights to 4 bits would lose the update)."""
-    adapter = spec.settings.get("peft")
-    if not adapter:
+    adapter = adapter_settings(spec)
+    if adapter is None:
         trainer.save_model(str(out))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -283,7 +289,7 @@ def save_weights(trainer, out: Path, spec: StageSpec, env: Env) -> None:
 def reference_model(spec: StageSpec, env: Env, tokenizer):
     """DPO/KTO's frozen reference: with an adapter, TRL uses the policy with its adapter
     switched off (no second copy in memory); otherwise a model of its own."""
-    return None if spec.settings.get("peft") else load_reference_model(spec, env, tokenizer)
+    return None if adapter_settings(spec) else load_reference_model(spec, env, tokenizer)
 
 
 def load_reference_model(spec: StageSpec, env: Env, tokenizer):
