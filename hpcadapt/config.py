@@ -340,6 +340,7 @@ class Config:
     # (hpcadapt/stages/kinds.py) or merge methods of one's own.
     plugins: List[str] = field(default_factory=list)
     data_root: str = "data"  # where local copies of datasets live (conf/config.yaml: $HPCADAPT_DATA)
+    verbose: bool = False  # show every stage's full output (libraries, W&B, progress bars), not only hpcadapt's
     dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
     status: bool = False  # show each stage's state instead of running
 

@@ -175,7 +175,7 @@ def speed_kwargs(spec: StageSpec, env: Env) -> dict[str, Any]:
     chosen["compile"] = bool(options.get("compile", False))
     chosen["tf32"] = bool(options.get("tf32", True)) and env.cuda
     if env.is_main:
-        print("hpcadapt: speed options: " + ", ".join(f"{k} {v}" for k, v in chosen.items()), flush=True)
+        print("speed options: " + ", ".join(f"{k} {v}" for k, v in chosen.items()), flush=True)  # stage log
     spec.speed = {**options, "chosen": chosen}
     kwargs: dict[str, Any] = {"use_liger_kernel": use_liger, "torch_compile": chosen["compile"]}
     if env.cuda:
@@ -373,6 +373,37 @@ def checkpoint_callback(every_minutes: float):
             return control
 
     return CheckpointCallback()
+
+
+def progress_callback(spec: StageSpec):
+    """A Trainer callback that prints one progress line (steps, tokens/s, ETA) every few seconds
+    on rank 0; the local launcher shows it as a single redrawn line (hpcadapt/launch/processes.py)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        started = shown = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = self.shown = time.monotonic()
+            self.first_step = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            if not state.is_world_process_zero or (now - self.shown < 3 and state.global_step < state.max_steps):
+                return
+            self.shown = now
+            done = state.global_step - self.first_step
+            rate = done / max(now - self.started, 1e-9)
+            eta = (state.max_steps - state.global_step) / rate if rate else 0
+            tokens = max((e.get("num_tokens", 0) for e in state.log_history), default=0)
+            speed = f", {tokens / (now - self.started):,.0f} tokens/s" if tokens else ""
+            percent = 100 * state.global_step // max(state.max_steps, 1)
+            print(f"hpcadapt: progress {spec.name}: step {state.global_step}/{state.max_steps} ({percent}%){speed}, "
+                  f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s", flush=True)
+
+    return ProgressCallback()
 
 
 def resume_checkpoint(spec: StageSpec, env: Env) -> str | None:
@@ -643,6 +674,7 @@ def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[st
     record_partition(trainer.model, spec, env)
     preemption = checkpoint_callback(spec.settings.get("checkpoint_every_minutes", 0.0))
     trainer.add_callback(preemption)
+    trainer.add_callback(progress_callback(spec))
     checkpoint = resume_checkpoint(spec, env)
     if checkpoint and env.is_main:
         print(f"hpcadapt: resuming {spec.name} from {checkpoint}", flush=True)
@@ -673,7 +705,7 @@ def train_and_save(trainer, tokenizer, spec: StageSpec, env: Env, notes: list[st
     if env.is_main and speed.get("tokens_per_s_per_gpu"):
         mfu = f", MFU {speed['mfu']:.1%}" if speed.get("mfu") else ""
         print(
-            f"hpcadapt: {spec.name}: {speed['tokens_per_s_per_gpu']:,.0f} tokens/s per "
+            f"{spec.name}: {speed['tokens_per_s_per_gpu']:,.0f} tokens/s per "
             f"{'GPU' if env.cuda else 'process'}{mfu}, peak memory {speed['peak_memory_gib']} GiB",
             flush=True,
         )

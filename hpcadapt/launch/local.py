@@ -17,7 +17,7 @@ from hpcadapt.launch.prepare import Prepared, graph_name, prepare
 from hpcadapt.launch.processes import WarmWorker, run_stage_local
 from hpcadapt.launch.report import graph_record, write_reports
 from hpcadapt.plan import write_specs
-from hpcadapt.stagedir import is_complete, stage_lock
+from hpcadapt.stagedir import is_complete, read_manifest, stage_lock
 
 
 def run_local(cfg: Any):
@@ -39,35 +39,51 @@ def run_graph(prepared: Prepared) -> None:
         return
     for pipeline in graph.pipelines:
         write_specs(pipeline)
+    echo = "all" if prepared.configs[0].verbose else "quiet"
     stages = graph.ordered
     single = [s for s in stages if not s.plan.done and s.plan.nprocs == 1]
     # The first single-process stage's process imports torch and TRL while the others run.
     warm = WarmWorker() if single else None
+    logs = stages[0].plan.stage_dir.parent if stages else None
+    if echo == "quiet" and logs is not None:
+        print(f"hpcadapt: each stage's full output goes to logs/ in its folder under {logs} (verbose=true shows it)")
     try:
         for i, stage in enumerate(stages, start=1):
             plan = stage.plan
             label = f"[stage {i}/{len(stages)}] {plan.name} ({plan.kind})"
             if plan.done or is_complete(plan.stage_dir):
-                print(f"\n{label}: already complete, skipped", flush=True)
+                print(f"{label}: already complete, skipped", flush=True)
                 continue
             with stage_lock(plan.stage_dir):
                 if is_complete(plan.stage_dir):  # another run finished it while this one waited
-                    print(f"\n{label}: completed by another run, used as it is", flush=True)
+                    print(f"{label}: completed by another run, used as it is", flush=True)
                     continue
-                print(f"\n{label} on {plan.nprocs} process(es) -> {plan.stage_dir}", flush=True)
+                print(f"{label} on {plan.nprocs} process(es) -> {plan.stage_dir.name}", flush=True)
                 t0 = time.time()
                 current = None  # multi-process stages start cold; a warm worker waits for the next single one
                 if plan.nprocs == 1:
                     current, warm = warm, None
                     if any(s.plan.nprocs == 1 and not is_complete(s.folder) for s in stages[i:]):
                         warm = WarmWorker()  # the next stage's, importing while this one runs
-                run_stage_local(plan, warm=current)
+                run_stage_local(plan, warm=current, echo=echo)
                 if not is_complete(plan.stage_dir):
                     raise StageFailed(f"stage {plan.name!r} exited cleanly but {plan.stage_dir} is not complete")
-                print(f"{label} done in {time.time() - t0:.1f} s", flush=True)
+                print(f"{label} done in {time.time() - t0:.1f} s{key_result(plan.stage_dir)}", flush=True)
     finally:
         if warm is not None:
             warm.discard()
     write_reports(graph_record(graph, prepared.output_root))
     where = graph.pipelines[0].run_dir if len(graph.pipelines) == 1 else "grids/"
     print(f"\nhpcadapt: {graph.name} finished in {time.time() - started:.1f} s; results in {where}")
+
+
+def key_result(stage_dir) -> str:
+    """The one number worth a glance when a stage ends: its loss, or how the merge went."""
+    metrics = read_manifest(stage_dir).get("metrics", {})
+    if metrics.get("first_loss") is not None and metrics.get("last_loss") is not None:
+        speed = (metrics.get("speed") or {}).get("tokens_per_s_per_gpu")
+        return f": loss {metrics['first_loss']:.3g} -> {metrics['last_loss']:.3g}" + (
+            f", {speed:,.0f} tokens/s" if speed else "")
+    if "merge" in metrics:
+        return f": {metrics['merge'].get('tensors', '?')} tensors merged"
+    return ""

@@ -61,8 +61,14 @@ def prepare(configs: list[Any], name: str) -> Prepared:
             check_models(plan, cfg)
             plans.append(plan)
     graph = build_graph(name, plans)
+    if len(plans) > 1:  # a grid or a sweep is one W&B group: its stages, shared ones once
+        for stage in graph.ordered:
+            stage.plan.spec.wandb["group"] = f"{name}-{graph.identity}"
     check_environment(graph, first)
-    print(describe(graph), flush=True)
+    if first.dry_run or first.verbose:
+        print(describe(graph), flush=True)
+    else:
+        print(describe(graph).splitlines()[0], flush=True)  # dry_run=true lists every stage
     return Prepared(graph, configs, bool(first.dry_run))
 
 

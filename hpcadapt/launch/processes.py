@@ -2,8 +2,9 @@
 
 Each rank is a fresh `python -m hpcadapt.worker SPEC` with the torch distributed
 environment set, so a stage behaves identically here and on a cluster, and no trainer
-state leaks from one stage into the next. Rank 0's output is shown live (progress bars
-included) and every rank's output is kept in the stage folder's `logs/`.
+state leaks from one stage into the next. Every rank's output is kept in the stage folder's
+`logs/`; of rank 0's, the terminal shows hpcadapt's own lines and one progress line (all of
+it with `verbose=true`).
 """
 
 from __future__ import annotations
@@ -40,14 +41,58 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
     }
 
 
-def _tee(pipe, log_path: Path, echo: bool) -> None:
+PROGRESS = "hpcadapt: progress "  # lines the training loop prints for the progress display
+
+
+def _tee(pipe, log_path: Path, echo: str) -> None:
+    """Copy a rank's output into its log; show it on the terminal as `echo` says.
+
+    "all" shows everything (verbose). "quiet" shows only hpcadapt's own lines (notices a user
+    must see: a pad token chosen, a template borrowed, a fallback), and the training progress
+    as one line that redraws on a terminal (elsewhere at each quarter). "none" shows nothing.
+    """
+    shown, pending = Progress(), b""
     with log_path.open("ab") as log:
         for chunk in iter(lambda: pipe.read1(4096), b""):
             log.write(chunk)
             log.flush()
-            if echo:
+            if echo == "all":
                 sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
+            elif echo == "quiet":
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", errors="replace").rstrip()
+                    if text.startswith(PROGRESS):
+                        shown.update(text[len(PROGRESS):])
+                    elif text.startswith("hpcadapt:"):
+                        shown.clear()
+                        sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+    shown.clear()
+
+
+class Progress:
+    """One status line: redrawn in place on a terminal; printed at 25/50/75/100% elsewhere (logs, CI)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.width = 0
+        self.quarter = 0
+
+    def update(self, text: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+            return
+        percent = int(text.split("%")[0].rsplit("(", 1)[-1]) if "%" in text else 0
+        if percent // 25 > self.quarter:
+            self.quarter = percent // 25
+            sys.stdout.write("  " + text + "\n")
+
+    def clear(self) -> None:
+        if self.tty and self.width:
+            sys.stdout.write("\r" + " " * self.width + "\r")
+            self.width = 0
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -96,7 +141,7 @@ class WarmWorker:
         self.proc.wait()
 
 
-def run_stage_local(stage: StagePlan, warm: WarmWorker | None = None) -> None:
+def run_stage_local(stage: StagePlan, warm: WarmWorker | None = None, echo: str = "quiet") -> None:
     """Start the stage's ranks, wait, and raise StageFailed with the log tail if any fails.
 
     A single-process stage runs in `warm`, when given, instead of a new process."""
@@ -115,7 +160,8 @@ def run_stage_local(stage: StagePlan, warm: WarmWorker | None = None) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so one Ctrl-C is handled here, once
         )
-        thread = threading.Thread(target=_tee, args=(proc.stdout, log_path, rank == 0), daemon=True)
+        thread = threading.Thread(target=_tee, args=(proc.stdout, log_path, echo if rank == 0 else "none"),
+                                  daemon=True)
         thread.start()
         procs.append((rank, proc, log_path))
         threads.append(thread)

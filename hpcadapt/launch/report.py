@@ -38,7 +38,16 @@ def graph_record(graph: StageGraph, output_root: Path) -> dict[str, Any]:
                        "stages": [{"name": s.name, "kind": s.kind, "dir": str(s.stage_dir)} for s in p.stages]}
                       for p in graph.pipelines],
         "bootstrap_samples": 2000,
+        "wandb": wandb_settings(graph),
     }
+
+
+def wandb_settings(graph: StageGraph) -> dict[str, Any]:
+    """Where the grid's comparison is logged: the stages' project and group, without the config."""
+    spec = next((s.plan.spec for s in graph.ordered if s.plan.spec is not None), None)
+    if spec is None:
+        return {"enabled": False}
+    return {k: v for k, v in spec.wandb.items() if k != "config"}
 
 
 def write_reports(record: dict[str, Any], echo: bool = True) -> None:
@@ -64,10 +73,31 @@ def write_run_folder(pipeline: dict[str, Any], echo: bool) -> None:
         if (evaluation / name).is_file():
             shutil.copyfile(evaluation / name, run_dir / target)
     if echo:
-        print("\n" + (evaluation / "table.md").read_text())
-        summary = evaluation / "synergy" / "summary.txt"
-        if summary.is_file():
-            print(summary.read_text())
+        table = (evaluation / "table.md").read_text().split("\nPer category")[0]  # categories: in table.md
+        print("\n" + table.rstrip())
+        print(LEGEND)
+        verdict = synergy_sentence(evaluation / "synergy" / "report.json")
+        if verdict:
+            print(f"\n{verdict}\nFull report: {run_dir / 'synergy.md'}")
+
+
+LEGEND = ("ppl: held-out perplexity; acc, acc_norm: log-likelihood accuracy (raw, length-normalised); "
+          "gen acc: the paper's generate-and-parse accuracy; unparsed: replies that named no choice.")
+
+
+def synergy_sentence(report_file: Path) -> str | None:
+    """The merge's verdict against its parents in one sentence, with its interval."""
+    if not report_file.is_file():
+        return None
+    report = json.loads(report_file.read_text())
+    overall = next((c for c in report["comparisons"]
+                    if c["group"] == "all" and c["metric"] == report["primary_metric"]), None)
+    if overall is None:
+        return None
+    best = overall["vs_best"]
+    return (f"Synergy {overall['verdict'].upper()}: merged minus best parent {best['estimate']:+.3f} "
+            f"[{best['low']:+.3f}, {best['high']:+.3f}] ({report['primary_metric']}, n={overall['n']}, "
+            f"95% paired-bootstrap interval; synergy is claimed only when the interval excludes zero).")
 
 
 def write_grid_report(record: dict[str, Any], echo: bool) -> Path | None:
@@ -88,11 +118,34 @@ def write_grid_report(record: dict[str, Any], echo: bool) -> Path | None:
     if len(strategies) < 2:
         return None
     out = Path(record["grid_dir"])
-    compare(strategies, out, n_boot=record["bootstrap_samples"])
+    report = compare(strategies, out, n_boot=record["bootstrap_samples"])
     write_json_atomic(out / GRAPH_FILE, record)
+    log_grid_to_wandb(record, report, out)
     if echo:
         print("\n" + (out / "report.md").read_text())
     return out
+
+
+def log_grid_to_wandb(record: dict[str, Any], report: dict[str, Any], out: Path) -> None:
+    """The comparison as one W&B run in the grid's group: the ranked table and the plots."""
+    from hpcadapt.tracking import resolve_mode
+
+    settings = record.get("wandb") or {"enabled": False}
+    mode = resolve_mode(settings)
+    if mode == "disabled":
+        return
+    import wandb
+
+    os.environ.pop("WANDB_SERVICE", None)  # this process's own service, as every stage's
+    run = wandb.init(project=settings["project"], entity=settings.get("entity"), group=settings.get("group"),
+                     job_type="grid", name=record["name"], mode=mode, dir=str(out.parent.parent),
+                     tags=list(settings.get("tags", [])), config={"metric": report["metric"]})
+    columns = ["rank", "strategy", "accuracy", "low", "high", "minus_best", "synergy", "stage_seconds"]
+    table = wandb.Table(columns=columns, data=[
+        [r["rank"], r["strategy"], r["overall"]["estimate"], r["overall"]["low"], r["overall"]["high"],
+         r["minus_best"]["estimate"], r["synergy"], r["compute"]["stage_seconds"]] for r in report["strategies"]])
+    run.log({"strategies": table, **{p.stem: wandb.Image(str(p)) for p in sorted(out.glob("*.png"))}})
+    run.finish()
 
 
 def stage_compute(stages: list[dict[str, Any]]) -> dict[str, float]:

@@ -55,7 +55,7 @@ def run(spec: StageSpec) -> dict[str, Any]:
     }
     if env.is_main:
         print(
-            f"hpcadapt: cpt corpus {corpus['documents']:,} documents, {corpus['corpus_tokens']:,} tokens in "
+            f"cpt corpus {corpus['documents']:,} documents, {corpus['corpus_tokens']:,} tokens in "
             f"{corpus['windows']:,} windows of <= {s['max_length']}; {corpus['trained_tokens_per_epoch']:,} "
             f"tokens per epoch",
             flush=True,

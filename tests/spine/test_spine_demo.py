@@ -38,7 +38,14 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     assert out.returncode == 0, out.stderr[-3000:]
     for i, name in enumerate(["tiny_init", "base_pretrain", "instruct_sft", "cpt", "sft", "orpo", "merge", "eval"], 1):
         assert f"[stage {i}/8] {name}" in out.stdout
-    assert "merged" in out.stdout and "Synergy report" in out.stdout
+    assert "merged" in out.stdout and "Synergy " in out.stdout and "merged minus best parent" in out.stdout
+    # Quiet by default: one line per stage start and end, the table once with its legend, the
+    # verdict; libraries, W&B and DeepSpeed go to the stages' logs.
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("  cpt: step")]
+    assert len(lines) <= 40, "\n".join(lines)
+    assert out.stdout.count("| model ") == 1 and out.stdout.count("gen acc: the paper's") == 1
+    for noise in ("wandb", "Setting accelerator", "remove_unused_columns", "Traceback"):
+        assert noise not in out.stdout + out.stderr, noise
     run_dir = next((root / "runs").glob("tiny_demo-*"))
     assert (run_dir / "table.md").is_file() and (run_dir / "synergy.md").is_file()
     merged = run_dir / "merge"

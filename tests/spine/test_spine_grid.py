@@ -53,7 +53,8 @@ def test_grid_plans_shared_prefixes_once(tmp_path):
 @pytest.mark.slow
 def test_grid_trains_each_unique_stage_once_and_ranks_the_strategies(tmp_path, capfd):
     write_toy_domain(tmp_path)
-    graph = run_local(compose_cfg([f"output_root={tmp_path}", "+grid=tiny", *QUICK], experiment=None))
+    quick_with_wandb = [o for o in QUICK if o != "wandb.enabled=false"]  # offline runs (tests/conftest.py)
+    graph = run_local(compose_cfg([f"output_root={tmp_path}", "+grid=tiny", *quick_with_wandb], experiment=None))
     out = capfd.readouterr().out
     assert out.count(" done in ") == len(graph.stages) == 21  # each unique stage trained exactly once
     for stage in graph.ordered:
@@ -73,6 +74,8 @@ def test_grid_trains_each_unique_stage_once_and_ranks_the_strategies(tmp_path, c
     for name in ("report.md", "accuracy_by_strategy.png", "accuracy_vs_stages.png"):
         assert (report_dir / name).is_file()
     assert "| 1 |" in (report_dir / "report.md").read_text()
+    # W&B: one offline run per unique stage, in the grid's one group, and one for the comparison.
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == len(graph.stages) + 1
     # Every strategy's run folder links its stages and holds its table.
     for pipeline in graph.pipelines:
         assert (pipeline.run_dir / "table.md").is_file() and (pipeline.run_dir / "eval").is_symlink()
