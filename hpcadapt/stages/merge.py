@@ -53,4 +53,27 @@ def run(spec: StageSpec) -> dict[str, Any]:
             shutil.rmtree(target)
         os.replace(item, target)
     out.rmdir()
+    replayable_recipe(staging / "mergekit_config.yml", spec)
     return {"merge": {k: v for k, v in vars(summary).items() if isinstance(v, (int, float, str))}}
+
+
+def replayable_recipe(recipe_file: Path, spec: StageSpec) -> None:
+    """Name the parents in the stored recipe by their paths relative to the final stage folder.
+
+    The merger names parents by folder name only (no machine paths in a shared model). Here
+    they are the stage's siblings or other folders of this machine, and relative to the stage
+    folder the recipe replays as it is: `hpcadapt-merge STAGE/mergekit_config.yml OUT`."""
+    import yaml
+
+    final = Path(spec.stage_dir)
+    parents = [local_model(ref, spec.revisions) for ref in (spec.base_model, spec.other_model)]
+    relative = {Path(p).name: os.path.relpath(p, final) for p in parents}
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (relative.get(v, v) if k in ("model", "base_model") and isinstance(v, str) else rename(v))
+                    for k, v in node.items()}
+        return [rename(v) for v in node] if isinstance(node, list) else node
+
+    recipe = yaml.safe_load(recipe_file.read_text())
+    recipe_file.write_text(yaml.safe_dump(rename(recipe), sort_keys=False, default_flow_style=None))

@@ -79,3 +79,15 @@ def test_chat_answers_a_demo_question_with_the_merged_model(demo):
     answers = first.stdout.strip().splitlines()
     assert len(answers) == 2 and all(a.strip() for a in answers)  # one reply per turn, through its template
     assert again.stdout == first.stdout  # greedy: the same question gets the same answer
+
+
+def test_the_stored_merge_recipe_replays_byte_for_byte(demo, tmp_path):
+    root, _, _ = demo
+    merged = next((root / "runs").glob("tiny_demo-*")) / "merge"
+    recipe = merged.resolve() / "mergekit_config.yml"
+    command = str(Path(sys.executable).parent / "hpcadapt-merge")  # the installed entry point
+    replay = subprocess.run([command, str(recipe), str(tmp_path / "replay")], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    for shard in merged.glob("*.safetensors"):
+        assert (tmp_path / "replay" / shard.name).read_bytes() == shard.read_bytes(), shard.name
