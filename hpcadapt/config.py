@@ -269,6 +269,14 @@ class EvalConfig:
     max_new_tokens: int = 8
     bootstrap_samples: int = 2000
     seed: int = 0
+    # SLERP schedules to compare on the same parents, merged in memory (hpcadapt/eval/sweep.py):
+    # paper | ramp_up | ramp_down | a number (constant t) | {name: ..., t: ...}; ranked in the synergy report.
+    schedules: List[Any] = field(default_factory=list)
+    # lm-evaluation-harness tasks for general ability, run on every model of the chain (needs
+    # `pip install hpcadapt[eval]` and the tasks' datasets in the local HF cache).
+    lm_eval_tasks: List[str] = field(default_factory=list)
+    lm_eval_limit: Optional[int] = None  # questions per task, for a quick look
+    lm_eval_include: Optional[str] = None  # a folder of task YAMLs of one's own (e.g. hpcadapt.eval.lm_eval_tasks)
 
 
 @dataclass
