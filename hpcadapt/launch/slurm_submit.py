@@ -34,6 +34,7 @@ from hpcadapt.launch.slurm_record import RECORD_NAME, StageJobInfo, SubmissionRe
 from hpcadapt.launch.slurm_status import SlurmUnavailable, queued_jobs
 from hpcadapt.plan import write_specs
 from hpcadapt.stages import kinds
+from hpcadapt.tracking import lift_secrets
 
 # Setup lines that fail stop the job with this code, so status can say why.
 SETUP_FAILED_EXIT = 97
@@ -273,9 +274,13 @@ def setup_lines(user_setup: list[str], snapshot: Path | None) -> list[str]:
     """The user's setup lines, each stopping the job if it fails, then the code snapshot.
 
     sbatch scripts do not stop on a failing line: a missing `module load` would
-    otherwise surface much later as an import error on one node.
+    otherwise surface much later as an import error on one node. Secrets in the lines
+    become variables of the submitting environment, which sbatch passes on: the script is
+    kept in the log folder (hpcadapt/tracking.py `lift_secrets`).
     """
     lines = []
+    user_setup, secrets = lift_secrets(user_setup)
+    os.environ.update(secrets)
     for line in user_setup:
         quoted = line.replace("'", "'\\''")
         lines.append(f"{line} || {{ echo 'hpcadapt: setup line failed on '\"$(hostname)\"': {quoted}' >&2; "
