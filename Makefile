@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # timings swing tenfold, and nothing may reach a model hub or W&B.
 OFFLINE_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false \
 	TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions
-# Tests pin one thread for steady timings; the demo runs alone and uses every core.
+# Tests pin one thread for steady timings; the demo fixes its own (conf/experiment/tiny_demo.yaml).
 RUN_ENV := OMP_NUM_THREADS=1 $(OFFLINE_ENV)
 
 .PHONY: install install-test deepspeed-ops demo test slurm-up slurm-down

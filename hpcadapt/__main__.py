@@ -74,6 +74,45 @@ def run(cfg) -> None:
     except HpcadaptError as e:
         print(f"\nhpcadapt: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # the filesystem refused a write (full, quota, read-only): not a bug
+        from hpcadapt.errors import write_failure
+
+        if write_failure(e) is None:
+            raise
+        where = e.filename or f"writing under {cfg.output_root}"
+        print(f"\nhpcadapt: error: {where}: {write_failure(e)}. No stage was marked complete by this failure; free "
+              f"space (or set output_root=... to another folder) and run the same command again.", file=sys.stderr)
+        sys.exit(2)
+
+
+def usage() -> str:
+    """What `--help` says before Hydra's own help: the commands, and the choices shipped in conf/."""
+
+    def names(group: str) -> str:
+        return ", ".join(sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")))
+
+    return f"""hpcadapt: domain adaptation of LLMs on Slurm (CPT -> SFT -> DPO/ORPO -> SLERP -> evaluation)
+
+  python -m hpcadapt                                   the tiny CPU demo (+experiment=tiny_demo)
+  python -m hpcadapt +experiment=NAME                  run an experiment here (cluster=local)
+  python -m hpcadapt +experiment=NAME scale=rehearsal  the same on stand-ins with the real tokenizers, on a CPU
+  python -m hpcadapt +grid=NAME                        compare strategies: one graph of shared stages, ranked
+  python -m hpcadapt ... cluster=slurm cluster.partition=P   submit everything at once (or cluster=SITE)
+  python -m hpcadapt ... dry_run=true                  the plan (and sbatch scripts); runs nothing
+  python -m hpcadapt ... status=true                   where each stage stands, results when finished
+  python -m hpcadapt ... --cfg job                     the composed config
+  python -m hpcadapt.data fetch +experiment=NAME       download the paper's datasets (where there is network)
+  python -m hpcadapt.chat MODEL_OR_STAGE_DIR           talk to a trained or merged model
+  hpcadapt-merge RECIPE.yml OUT                        the standalone merger
+
+  experiments: {names("experiment")}
+  grids:       {names("grid")}
+  clusters:    {names("cluster")}   (add your site's with --config-dir)
+  deepspeed:   {names("deepspeed")}
+  scales:      {names("scale")}
+
+Hydra's own help follows.
+"""
 
 
 def main() -> None:
@@ -81,6 +120,10 @@ def main() -> None:
 
     from hpcadapt.config import register_configs
 
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(usage())
+    # `-v` is ours, not Hydra's: every stage's full output on the terminal.
+    sys.argv = [a if a not in ("-v", "--verbose") else "verbose=true" for a in sys.argv]
     register_configs()
     sys.argv = [sys.argv[0], *with_default_experiment(sys.argv[1:])]
     hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run)()

@@ -153,7 +153,10 @@ class DataConfig:
     # `${output_root}/demo_data` before planning.
     generate: Optional[str] = None
     mixes: Dict[str, DataMix] = field(default_factory=dict)
-    benchmark: List[str] = field(default_factory=list)  # JSONL question sets
+    benchmark: List[str] = field(default_factory=list)  # JSONL question sets of the domain
+    # JSONL question sets of general ability, which adaptation should keep (the merge's point);
+    # scored for every model beside the domain (hpcadapt/stages/evaluate.py).
+    general_benchmark: List[str] = field(default_factory=list)
     heldout: Optional[str] = None  # JSONL {"text"} for perplexity
 
 
@@ -220,6 +223,9 @@ class ClusterConfig:
     additional_parameters: Dict[str, Any] = field(default_factory=dict)  # training jobs only
     merge: OneTaskResources = field(default_factory=OneTaskResources)
     eval: OneTaskResources = field(default_factory=OneTaskResources)
+    # The job that writes the grid's tables and plots once every stage has ended: one core, minutes.
+    report: OneTaskResources = field(
+        default_factory=lambda: OneTaskResources(gpus=0, cpus_per_task=1, mem_gb=4, timeout_min=30))
     array_parallelism: int = 8
     max_num_timeout: int = 3
     log_root: Optional[str] = None  # default: ${output_root}/slurm
@@ -349,6 +355,9 @@ class Config:
     plugins: List[str] = field(default_factory=list)
     data_root: str = "data"  # where local copies of datasets live (conf/config.yaml: $HPCADAPT_DATA)
     verbose: bool = False  # show every stage's full output (libraries, W&B, progress bars), not only hpcadapt's
+    # Threads of each stage process (torch intra-op). Set it and a CPU run's numbers no longer
+    # depend on the machine's core count or OMP_NUM_THREADS (the demo sets 2); None: torch's default.
+    threads: Optional[int] = None
     dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
     status: bool = False  # show each stage's state instead of running
 

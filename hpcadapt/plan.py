@@ -33,6 +33,7 @@ from hpcadapt.identity import data_identity, model_identity, source_identity, st
 from hpcadapt.spec import StageSpec
 from hpcadapt.stagedir import is_complete, staging_dir_for
 from hpcadapt.stages import kinds
+from hpcadapt.tracking import redact, refuse_secret_settings
 
 PLAN_VERSION = 4  # bump when the meaning of a stage's settings or inputs changes
 # Settings that change how a stage runs or reports, not what it produces.
@@ -87,7 +88,7 @@ class Planner:
         self.revisions: dict[str, str] = {}  # hub model id -> pinned commit, shared by every spec
         self.nprocs = world_size(cfg)
         # Every stage records the resolved config for W&B; resolving it is the slowest part of planning.
-        self.wandb = {**to_dict(cfg.wandb), "config": resolved if resolved is not None else to_dict(cfg)}
+        self.wandb = {**to_dict(cfg.wandb), "config": redact(resolved if resolved is not None else to_dict(cfg))}
 
     def model(self, ref: str, who: str) -> ModelRef:
         cfg = self.cfg
@@ -114,7 +115,7 @@ class Planner:
         spec = StageSpec(name=name, kind=kind, hash=digest, pipeline=self.strategy.name,
                          stage_dir=str(stage_dir), staging_dir=str(staging_dir_for(stage_dir)), inputs=inputs,
                          settings=settings, model_loading=loading, revisions=self.revisions,
-                         wandb=dict(self.wandb), plugins=list(self.cfg.plugins), **fields)
+                         wandb=dict(self.wandb), plugins=list(self.cfg.plugins), threads=self.cfg.threads, **fields)
         plan = StagePlan(name=name, kind=kind, stage_dir=stage_dir, spec_path=staging_dir_for(stage_dir) / "spec.json",
                          depends_on=depends_on, nprocs=self.nprocs if kinds.get(kind).trains else 1,
                          done=is_complete(stage_dir), spec=spec)
@@ -168,10 +169,11 @@ def plan_training(planner: Planner, name: str, from_model: str | None) -> StageP
     stage_cfg = cfg.stages[name]
     kind = kinds.get(stage_cfg.kind)
     settings = stage_settings({**to_dict(stage_cfg), **planner.strategy.overrides.get(name, {})}, kind, cfg.scale)
+    refuse_secret_settings(settings, f"stages.{name}")
     sources = mix_sources(cfg, stage_cfg.data, kind) if stage_cfg.data else []
     inputs: dict[str, Any] = {"data": [source_identity(s) for s in sources]}
     fields: dict[str, Any] = {"data_sources": sources, "deepspeed": to_dict(cfg.deepspeed),
-                              "keep_checkpoints": stage_cfg.keep_checkpoints}
+                              "speed": to_dict(cfg.speed), "keep_checkpoints": stage_cfg.keep_checkpoints}
     deps: list[str] = []
     if from_model is not None:
         model = planner.model(from_model, f"stage {name!r}")
@@ -203,14 +205,15 @@ def plan_evaluation(planner: Planner, models: dict[str, str]) -> None:
         model = planner.model(ref, f"evaluation of {label!r}")
         paths[label], identities[label] = model.path, model.identity
         deps += [d for d in model.depends_on if d not in deps]
-    files = [*cfg.data.benchmark, *([cfg.data.heldout] if cfg.data.heldout else [])]
+    files = [*cfg.data.benchmark, *cfg.data.general_benchmark, *([cfg.data.heldout] if cfg.data.heldout else [])]
     for f in files:
         if not Path(f).expanduser().is_file():
             raise ModelError(f"evaluation file {f} does not exist (data.benchmark / data.heldout)")
     chain = planner.strategy.chain
     synergy = {"merged": "merged", "parents": ["instruct", chain[-1]]} if "merged" in paths else None
     planner.add("eval", "eval", to_dict(cfg.eval), {"models": identities, "files": [data_identity(f) for f in files]},
-                deps, models=paths, benchmark=list(cfg.data.benchmark), heldout=cfg.data.heldout, synergy=synergy,
+                deps, models=paths, benchmark=list(cfg.data.benchmark),
+                general_benchmark=list(cfg.data.general_benchmark), heldout=cfg.data.heldout, synergy=synergy,
                 merge_t=to_dict(cfg.merge)["t"])
 
 
@@ -218,6 +221,8 @@ def stage_settings(settings: dict[str, Any], kind: kinds.StageKind, scale: Any) 
     """The settings a stage of `kind` reads: the common ones, its own kind-specific ones with
     their defaults (kinds.py), none of another kind's; capped by `scale` for a rehearsal."""
     out = {k: v for k, v in settings.items() if k not in kinds.KIND_SPECIFIC_SETTINGS}
+    if (out.get("peft") or {}).get("method", "none") == "none":
+        out.pop("peft", None)  # full-parameter training: adapter settings mean nothing
     for setting, default in kind.reads.items():
         out[setting] = settings.get(setting) if settings.get(setting) is not None else default
     return scaled(out, scale) if kind.trains else out
@@ -278,7 +283,7 @@ def mix_sources(cfg: Any, mix_name: str, kind: kinds.StageKind) -> list[dict[str
                 )
         else:
             src["revision"] = hub.pin(src["path"], "dataset", src.get("revision"), f"{key}.revision")
-        src["rows"] = check_source(src["path"], kind.name, key)
+        src["rows"] = check_source(src["path"], kind.name, key, src.get("revision"))
         src["seed"] = cfg.data.mixes[mix_name].seed
         sources.append(src)
     return sources

@@ -36,6 +36,7 @@ class StageSpec:
     # Data.
     data_sources: list[dict[str, Any]] = field(default_factory=list)
     benchmark: list[str] = field(default_factory=list)
+    general_benchmark: list[str] = field(default_factory=list)
     heldout: str | None = None
     synergy: dict[str, Any] | None = None  # eval: {"merged": label, "parents": [label, label]}
     merge_t: Any = None  # eval: the merge's t schedule, for its plot
@@ -43,6 +44,7 @@ class StageSpec:
     deepspeed: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     speed: dict[str, Any] = field(default_factory=dict)  # liger, compile, tf32 (hpcadapt/config.py SpeedConfig)
     keep_checkpoints: bool = False
+    threads: int | None = None  # torch threads of the stage's processes (fixed: the same numbers on any machine)
 
     def write(self, path: Path) -> None:
         from hpcadapt.atomic import write_json_atomic

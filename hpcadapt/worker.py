@@ -26,7 +26,7 @@ from pathlib import Path
 from hpcadapt import tracking
 from hpcadapt.config import import_plugins
 from hpcadapt.spec import StageSpec
-from hpcadapt.stagedir import finalize, is_complete
+from hpcadapt.stagedir import finalize, is_complete, verify_inputs
 from hpcadapt.stages import kinds
 from hpcadapt.stop_flag import StagePreempted, request_stop  # noqa: F401  (the job protocol: slurm_job calls them)
 
@@ -38,7 +38,12 @@ def run_stage(spec_path: str | Path) -> None:
     if is_complete(Path(spec.stage_dir)):
         print(f"hpcadapt: stage {spec.name} is already complete: {spec.stage_dir}", flush=True)
         return
+    verify_inputs(spec)  # finished stage folders it reads match their manifests, file by file
     Path(spec.staging_dir).mkdir(parents=True, exist_ok=True)
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
     import_plugins(spec.plugins)
     recipe = importlib.import_module(kinds.get(spec.kind).recipe)
     started = time.time()
@@ -47,7 +52,7 @@ def run_stage(spec_path: str | Path) -> None:
         metrics = {**(metrics or {}), "wall_s": round(time.time() - started, 2)}
         final = finalize(spec, metrics)
         tracking.close_run(spec)
-        print(f"hpcadapt: stage {spec.name} complete: {final}", flush=True)
+        print(f"stage {spec.name} complete: {final}", flush=True)  # the log's; the launcher prints its own
 
 
 def warm_up() -> None:
@@ -93,6 +98,15 @@ def main() -> None:
     except StagePreempted as e:
         print(f"hpcadapt: {e}", file=sys.stderr, flush=True)
         sys.exit(3)
+    except Exception as e:  # the filesystem refused a write (full, quota, read-only): one paragraph
+        from hpcadapt.errors import write_failure
+
+        if write_failure(e) is None:
+            raise
+        print(f"\nhpcadapt: error: {getattr(e, 'filename', None) or 'a file'}: {write_failure(e)}. The stage is not "
+              f"marked complete; its sealed checkpoints stay and the next run resumes from the newest. Free space "
+              f"and run the same command again.", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from .world import (
     property_values,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LETTERS = "ABCDEFGH"
 ALLOY_COUNT = 24
 DOCS_PER_ALLOY = 14
@@ -67,6 +67,7 @@ FILE_NAMES = (
     "heldout_text.jsonl",
     "benchmark_basic.jsonl",
     "benchmark_advanced.jsonl",
+    "benchmark_general.jsonl",
 )
 MANIFEST = "manifest.json"
 
@@ -84,6 +85,7 @@ class DomainFiles:
     heldout_text: Path
     benchmark_basic: Path
     benchmark_advanced: Path
+    benchmark_general: Path
     manifest: Path
 
     @classmethod
@@ -163,6 +165,7 @@ def _write_all(folder: Path, seed: int) -> None:
         "heldout_text.jsonl": [{"text": t} for t in heldout],
         "benchmark_basic.jsonl": basic_benchmark(rng, alloys),
         "benchmark_advanced.jsonl": advanced_benchmark(rng, alloys),
+        "benchmark_general.jsonl": general_benchmark(rng),
     }
     for name in FILE_NAMES:
         _write_jsonl(folder / name, rows[name])
@@ -385,6 +388,41 @@ def basic_benchmark(rng: random.Random, alloys: list[Alloy]) -> list[dict]:
                 shown = value if truth else rng.choice(wrong)
                 question = _fill(P.ALLOY_BENCH_TF[prop], a=alloy.name, v=shown)
                 rows.append({"id": qid, "question": question, "answer": str(truth), "category": prop})
+    return rows
+
+
+def general_benchmark(rng: random.Random) -> list[dict]:
+    """General ability, which the merge is meant to keep: everyday facts the Instruct model was
+    taught before the domain, asked as it learned to answer them. Per thing, one
+    multiple-choice and one True/False question, on properties taken in turn."""
+    rows = []
+    props = tuple(P.THING_TEXT)
+    for i, thing in enumerate(THINGS):
+        mc, tf = props[i % len(props)], props[(i + 1) % len(props)]
+        value = getattr(thing, mc)
+        choices, letter = _shuffled_choices(
+            rng, value, _distractors(rng, value, sorted({getattr(t, mc) for t in THINGS}))
+        )
+        rows.append(
+            {
+                "id": f"general-{len(rows):03d}",
+                "question": _fill(P.THING_CHAT_MC[mc], **_thing_slots(thing, mc)),
+                "choices": choices,
+                "answer": letter,
+                "category": mc,
+            }
+        )
+        value = getattr(thing, tf)
+        truth = i % 2 == 0
+        shown = value if truth else rng.choice(_distractors(rng, value, sorted({getattr(t, tf) for t in THINGS})))
+        rows.append(
+            {
+                "id": f"general-{len(rows):03d}",
+                "question": _fill(P.THING_CHAT_TF[tf], **_thing_slots(thing, tf, shown)),
+                "answer": str(truth),
+                "category": tf,
+            }
+        )
     return rows
 
 

@@ -71,3 +71,14 @@ def percentile_interval(estimate: float, samples: np.ndarray, level: float = 0.9
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail])
     return Interval(float(estimate), float(low), float(high), level)
+
+
+def mean_interval(scores, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """A mean (an accuracy, for 0/1 scores) with its percentile bootstrap interval over questions."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("cannot bootstrap zero questions")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, scores.size, size=(n_boot, scores.size))
+    return percentile_interval(float(scores.mean()), scores[idx].mean(axis=1), level)
+

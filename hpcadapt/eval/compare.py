@@ -21,7 +21,7 @@ import numpy as np
 
 from hpcadapt.atomic import write_atomic
 
-from .bootstrap import Interval, percentile_interval
+from .bootstrap import Interval, mean_interval, percentile_interval
 from .results import ALL_SETS, EvalResults
 
 
@@ -33,12 +33,6 @@ class StrategyResult:
     eval_dir: Path
     synergy_verdict: str | None
     compute: dict[str, float]  # {"stage_seconds": s, "gpu_hours": h} over the strategy's stages
-
-
-def mean_interval(scores: np.ndarray, n_boot: int, seed: int) -> Interval:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, scores.size, size=(n_boot, scores.size))
-    return percentile_interval(float(scores.mean()), scores[idx].mean(axis=1))
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> Interval:

@@ -69,13 +69,17 @@ def write_run_folder(pipeline: dict[str, Any], echo: bool) -> None:
     evaluation = next((Path(s["dir"]) for s in pipeline["stages"] if s["kind"] == "eval"), None)
     if evaluation is None or not is_complete(evaluation):
         return
-    for name, target in (("table.md", "table.md"), ("synergy/report.md", "synergy.md")):
+    for name, target in (("table.md", "table.md"), ("synergy/report.md", "synergy.md"),
+                         ("retention.md", "retention.md"), ("domain_vs_general.png", "domain_vs_general.png")):
         if (evaluation / name).is_file():
             shutil.copyfile(evaluation / name, run_dir / target)
     if echo:
         table = (evaluation / "table.md").read_text().split("\nPer category")[0]  # categories: in table.md
         print("\n" + table.rstrip())
         print(LEGEND)
+        if (evaluation / "retention.md").is_file():
+            print("\nDomain against general ability (what the merge is meant to keep; plot: domain_vs_general.png):\n"
+                  + (evaluation / "retention.md").read_text().rstrip())
         verdict = synergy_sentence(evaluation / "synergy" / "report.json")
         if verdict:
             print(f"\n{verdict}\nFull report: {run_dir / 'synergy.md'}")

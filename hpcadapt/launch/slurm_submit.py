@@ -255,10 +255,10 @@ def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, depend
 
 
 def one_task_resources(cluster: Any, kind: str) -> Any:
-    """The resources of a one-task job: merge and eval have their own entries in the cluster
-    config; the report job takes the merge's (a few CPU cores); training stages None."""
+    """The resources of a one-task job: merge, eval and the report job have their own entries
+    in the cluster config; training stages None."""
     if kind == "report":
-        return cluster.merge
+        return cluster.report
     return getattr(cluster, kind) if kinds.get(kind).one_task else None
 
 

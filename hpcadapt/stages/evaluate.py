@@ -34,6 +34,12 @@ def run(spec: StageSpec) -> dict[str, Any]:
     )
     print("\n" + results.table_text(), flush=True)
     metrics: dict[str, Any] = {"summary": results.summary()}
+    if spec.general_benchmark:  # the same models on general ability: what adaptation should keep
+        from hpcadapt.eval.retention import retention
+
+        general = evaluate_models(models, spec.general_benchmark, None, out / "general", protocols=e["protocols"],
+                                  batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"])
+        metrics["retention"] = retention(results, general, out, n_boot=e["bootstrap_samples"], seed=e["seed"])
     run = tracking.start_run(spec, job_type="eval")
     if spec.synergy:
         from hpcadapt.eval.synergy import log_synergy_to_wandb, synergy_report

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import torch
-from conftest import slerp_config
+from merge_helpers import slerp_config
 from safetensors.torch import load_file, save_file
 
 from hpcadapt_merge import run_merge

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import yaml
-from conftest import slerp_config
+from merge_helpers import slerp_config
 
 from hpcadapt_merge.cli import main, parse_size
 from hpcadapt_merge.plot import schedule_curves
@@ -77,7 +77,7 @@ print("HEAVY", heavy)
 def test_the_command_merges_the_same_bytes_as_the_api(models, tmp_path):
     """The command imports torch without its tracing modules; every method computes the same
     weights (the card's recipe differs only in key order: the YAML file sorted them)."""
-    from conftest import folder_bytes
+    from merge_helpers import folder_bytes
     from test_engine import multi_config
 
     from hpcadapt_merge import run_merge

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import PAPER_T, folder_bytes, load_tensors, slerp_config
+from merge_helpers import PAPER_T, folder_bytes, load_tensors, slerp_config
 from test_methods import reference_slerp
 
 from hpcadapt_merge import kernels, run_merge

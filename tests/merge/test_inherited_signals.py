@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import load_tensors, slerp_config
+from merge_helpers import load_tensors, slerp_config
 
 SCRIPT = textwrap.dedent("""
     import json, signal, sys

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PAPER_T, derive_model, load_tensors, random_mistral, slerp_config
+from merge_helpers import PAPER_T, derive_model, load_tensors, random_mistral, slerp_config
 
 from hpcadapt_merge import run_merge
 from hpcadapt_merge.compare import agreement as compare_folders

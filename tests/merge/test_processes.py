@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from conftest import folder_bytes, slerp_config
+from merge_helpers import folder_bytes, slerp_config
 from safetensors.torch import load_file, save_file
 from test_resume import reference  # noqa: F401  (a fixture: the uninterrupted run's bytes)
 from test_resume import merge_cli as run

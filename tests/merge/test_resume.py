@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import folder_bytes, slerp_config
+from merge_helpers import folder_bytes, slerp_config
 
 
 def write_config(models, folder, **changes):

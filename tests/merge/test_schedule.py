@@ -1,7 +1,7 @@
 """t resolution: mergekit's gradient and filter semantics, layer count from the model."""
 
 import pytest
-from conftest import PAPER_T
+from merge_helpers import PAPER_T
 
 from hpcadapt_merge.schedule import layer_index, resolve_t
 

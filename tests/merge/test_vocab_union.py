@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import load_tensors, slerp_config
+from merge_helpers import load_tensors, slerp_config
 from safetensors.torch import load_file, save_file
 
 from hpcadapt_merge import run_merge

@@ -91,3 +91,27 @@ def test_the_stored_merge_recipe_replays_byte_for_byte(demo, tmp_path):
     assert replay.returncode == 0, replay.stderr[-2000:]
     for shard in merged.glob("*.safetensors"):
         assert (tmp_path / "replay" / shard.name).read_bytes() == shard.read_bytes(), shard.name
+
+
+def test_demo_measures_general_ability_beside_the_domain(demo):
+    """The merge's point: keep what the Instruct model could do while adding the domain."""
+    root, out, _ = demo
+    run_dir = next((root / "runs").glob("tiny_demo-*"))
+    retention = json.loads((run_dir / "eval" / "retention.json").read_text())["models"]
+    assert set(retention) == {"instruct", "cpt", "sft", "orpo", "merged"}
+    # The Instruct model is a real starting point: above chance on general questions (half are
+    # 4-choice, half True/False: chance is 0.375), with the interval's low end above it.
+    assert retention["instruct"]["general"]["low"] > 0.375, retention["instruct"]
+    assert (run_dir / "domain_vs_general.png").is_file() and "Domain against general ability" in out.stdout
+
+
+def test_demo_numbers_do_not_depend_on_the_thread_setting(demo, tmp_path):
+    """`make demo` runs without OMP_NUM_THREADS, the tests with 1; the demo fixes its own threads."""
+    root, _, _ = demo
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    again = subprocess.run([sys.executable, "-m", "hpcadapt", f"output_root={tmp_path}"], capture_output=True,
+                           text=True, env={**env, "WANDB_MODE": "offline"}, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = (next((r / "runs").glob("tiny_demo-*")) for r in (root, tmp_path))
+    for name in ("table.md", "retention.md"):
+        assert (second / name).read_text() == (first / name).read_text(), name
