@@ -191,18 +191,29 @@ def start_run(spec: StageSpec, job_type: str | None = None):
     )
 
 
-def close_run(spec: StageSpec) -> None:
+def close_run(spec: StageSpec, metrics: dict[str, Any] | None = None) -> None:
     """Log the finished stage folder as a reference artifact (no upload of the weights), then finish.
 
     Parent stages logged the same way are marked as used, so W&B's lineage graph shows
-    the chain, including both parents of a merge. Called after the folder is final.
+    the chain, including both parents of a merge. Stages that log nothing while they run
+    (a merge, a model builder) open their run here, so every stage of a chain is in W&B
+    with its numbers. Called after the folder is final.
     """
     import sys
 
     wandb = sys.modules.get("wandb")
     run = wandb.run if wandb is not None else None
     if run is None:
+        run = start_run(spec)
+        wandb = sys.modules.get("wandb")
+    if run is None:
         return
+    summary = {f"{key}/{k}" if isinstance(value, dict) else key: v
+               for key, value in (metrics or {}).items()
+               for k, v in (value.items() if isinstance(value, dict) else [(key, value)])
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if summary:
+        run.summary.update(summary)
     parents = [spec.input_model, spec.base_model, spec.other_model]
     for parent in [p for p in parents if p and Path(p, "manifest.json").is_file()]:
         try:

@@ -51,7 +51,7 @@ def run_stage(spec_path: str | Path) -> None:
     if int(os.environ.get("RANK", 0)) == 0:
         metrics = {**(metrics or {}), "wall_s": round(time.time() - started, 2)}
         final = finalize(spec, metrics)
-        tracking.close_run(spec)
+        tracking.close_run(spec, metrics)
         print(f"stage {spec.name} complete: {final}", flush=True)  # the log's; the launcher prints its own
 
 
