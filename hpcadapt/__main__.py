@@ -103,6 +103,7 @@ def usage() -> str:
   python -m hpcadapt ... --cfg job                     the composed config
   python -m hpcadapt.data fetch +experiment=NAME       download the paper's datasets (where there is network)
   python -m hpcadapt.chat MODEL_OR_STAGE_DIR           talk to a trained or merged model
+  python -m hpcadapt verify STAGE_DIR|RUN_DIR          check finished stages file by file (sha256/xxh3)
   hpcadapt-merge RECIPE.yml OUT                        the standalone merger
 
   experiments: {names("experiment")}
@@ -120,6 +121,10 @@ def main() -> None:
 
     from hpcadapt.config import register_configs
 
+    if sys.argv[1:2] == ["verify"]:  # not a Hydra run: check finished folders against their manifests
+        from hpcadapt.stagedir import main as verify
+
+        sys.exit(verify(sys.argv[2:]))
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(usage())
     # `-v` is ours, not Hydra's: every stage's full output on the terminal.

@@ -10,7 +10,7 @@ the size and xxh3-128 digest of every file (logs and checkpoints aside) and a sh
 its own content. Planning, on a login node, checks the manifest's own digest and every
 file's size (a stat per file: it must not read gigabytes); a stage that loads a finished
 folder as its input checks every digest first (`verify_inputs`). A mismatch names the
-file and says what to do. `python -m hpcadapt.stagedir DIR...` runs the full check.
+file and says what to do. `hpcadapt verify DIR...` runs the full check.
 """
 
 from __future__ import annotations
@@ -278,16 +278,25 @@ def stage_lock(stage_dir: Path) -> Iterator[None]:
 
 
 
+def stage_folders_of(folder: Path) -> list[Path]:
+    """A stage folder itself, or the stage folders a run folder links (outputs/runs/NAME-HASH/)."""
+    if (folder / "manifest.json").is_file() or not folder.is_dir():
+        return [folder]
+    linked = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "manifest.json").is_file())
+    return linked or [folder]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hpcadapt.stagedir DIR...`: check finished stage folders file by file."""
+    """`hpcadapt verify DIR...` (or `python -m hpcadapt.stagedir DIR...`): check finished stage
+    folders, or every stage a run folder links, file by file against their manifests."""
     folders = argv if argv is not None else sys.argv[1:]
     if not folders:
-        print("usage: python -m hpcadapt.stagedir STAGE_DIR...", file=sys.stderr)
+        print("usage: hpcadapt verify STAGE_DIR|RUN_DIR...", file=sys.stderr)
         return 2
     bad = 0
-    for folder in folders:
+    for folder in [f for given in folders for f in stage_folders_of(Path(given))]:
         try:
-            print(f"{folder}: ok ({verify_folder(Path(folder))} files match the manifest)")
+            print(f"{folder}: ok ({verify_folder(folder)} files match the manifest)")
         except ModelError as e:
             print(f"hpcadapt: error: {e}", file=sys.stderr)
             bad += 1

@@ -255,6 +255,19 @@ def test_hand_edited_manifest_is_noticed(prefix, tmp_path):
         plan_pipeline(compose_cfg([f"output_root={root}", *CPT]))
 
 
+def test_verify_command_checks_every_stage_a_run_folder_links(prefix, tmp_path):
+    root = copy_of(prefix, tmp_path / "out")
+    (run_dir,) = (root / "runs").iterdir()
+    ok = cli("verify", str(run_dir))
+    assert ok.returncode == 0 and "tiny_init: ok (" in ok.stdout, ok.stderr
+    weights = (run_dir / "tiny_init").resolve() / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    bad = cli("verify", str(run_dir))
+    assert bad.returncode == 1 and "model.safetensors" in bad.stderr and "Traceback" not in bad.stderr
+
+
 # --- 4: data errors by file and line, before any training --------------------------------------------
 
 
