@@ -28,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan", action="store_true", help="dry run: print per tensor the method, t, sources and output shard")
     parser.add_argument("--plot-schedule", metavar="PNG", help="draw the t schedule over depth into this PNG")
     parser.add_argument("--out-shard-size", default="5GB", help="maximum output shard size (default 5GB)")
-    parser.add_argument("--exact", action="store_true", help="accepted for compatibility: every method reproduces mergekit 0.1.5's arithmetic by default")
     parser.add_argument("--precise", action="store_true",
                         help="linear, task arithmetic, TIES, DARE: keep intermediates in float32 instead of rounding each step to the recipe's dtype as mergekit does")
     parser.add_argument("--mergekit-sort", action="store_true",

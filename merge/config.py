@@ -12,30 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import methods
 from .schedule import all_numbers
 
-METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
-_GTA = ({"int8_mask", "normalize", "rescale", "lambda"}, {"weight", "density"})
-# Parameters each method reads, as mergekit 0.1.5 declares them: (shared ones, per-model ones).
-METHOD_PARAMETERS = {
-    "slerp": ({"t"}, set()),
-    "linear": ({"normalize"}, {"weight"}),
-    "task_arithmetic": _GTA,
-    "ties": _GTA,
-    "dare_ties": _GTA,
-    "dare_linear": _GTA,
-}
-# mergekit 0.1.5's defaults; `weight` has none (a recipe without it is refused, as mergekit refuses it).
-DEFAULTS = {
-    "normalize": {"linear": True, "task_arithmetic": False, "ties": True, "dare_ties": False, "dare_linear": False},
-    "rescale": {"task_arithmetic": False, "ties": False, "dare_ties": True, "dare_linear": True},
-    "lambda": 1.0,
-    "int8_mask": False,
-    "density": 1.0,
-}
-BOOL_PARAMETERS = {"normalize", "rescale", "int8_mask"}
 TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name", "chat_template", "tokenizer"}
 DTYPES = {"bfloat16", "float16", "float32", "float64"}
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 
 class ConfigError(ValueError):
@@ -78,6 +60,12 @@ class MergeConfig:
         """The models that are not the base, in config order."""
         return [m for m in self.models if m.path != self.base]
 
+    def contributors(self, method: methods.MergeMethod | None = None) -> list[ModelSpec]:
+        """The models the method's per-model parameters are for: every model for a method without
+        a base, else the models besides the base (config order either way)."""
+        method = method or methods.get(self.method)
+        return self.models if method.base is None else self.others()
+
 
 def load_config(config: dict | str | Path) -> MergeConfig:
     """Parse a mergekit-style dict, or a YAML file, into a MergeConfig."""
@@ -103,9 +91,11 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
     unknown = set(raw) - TOP_LEVEL_KEYS
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
-    method = raw.get("merge_method")
-    if method not in METHODS:
-        raise ConfigError(f"unknown merge_method {method!r}; this merger implements {', '.join(METHODS)}")
+    try:
+        spec = methods.get(raw.get("merge_method"))
+    except methods.UnknownMethod as error:
+        raise ConfigError(str(error)) from None
+    method = spec.name
     if "models" in raw and "slices" in raw:
         raise ConfigError("give either 'models' or 'slices', not both")
     models, slice_parameters = _parse_models(raw, config_dir)
@@ -114,7 +104,7 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
     if not isinstance(parameters, dict):
         raise ConfigError(f"parameters must be a mapping, got {parameters!r}")
     parameters = dict(parameters)
-    global_keys, model_keys = METHOD_PARAMETERS[method]
+    global_keys, model_keys = {p.name for p in spec.shared}, {p.name for p in spec.per_model}
     for where, given in (("parameters", parameters), ("slices[0].parameters", slice_parameters)):
         bad = set(given) - global_keys - model_keys
         if bad:
@@ -140,7 +130,7 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
         tokenizer_union=raw.get("tokenizer_source") == "union",
         slice_parameters=slice_parameters,
     )
-    _check_method_shape(config)
+    _check_method_shape(config, spec)
     return config
 
 
@@ -187,37 +177,41 @@ def _tokenizer_source(raw: dict, base: Path | None, models: list[ModelSpec], con
     return resolve_model_path(source, config_dir, "tokenizer_source")
 
 
-def _check_method_shape(config: MergeConfig) -> None:
-    method = config.method
-    if method == "slerp":
-        if config.base is None:
-            raise ConfigError("slerp needs base_model (the t = 0 end)")
-        if config.base not in [m.path for m in config.models] or len(config.parents) != 2:
-            raise ConfigError(f"slerp merges exactly two models, one of them base_model; got {', '.join(map(str, config.parents))}")
-        if "t" not in config.parameters and "t" not in config.slice_parameters:
-            raise ConfigError("slerp needs parameters.t (a number, a gradient list, or filter entries)")
-        for value in all_numbers([config.parameters.get("t", []), config.slice_parameters.get("t", [])]):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"parameters.t: {value} is outside [0, 1]")
-        return
-    if method != "linear" and config.base is None:
-        raise ConfigError(f"{method} needs base_model (the model the task vectors are taken from)")
-    if config.base is not None and config.base not in [m.path for m in config.models]:
-        if method == "linear":
-            raise ConfigError("linear: base_model is not among the models; mergekit would add it as one more input (needing "
-                              "a weight), so list it under models with its weight, or drop base_model")
+def _check_method_shape(config: MergeConfig, method: methods.MergeMethod) -> None:
+    """The models and parameters `method` needs, as its registry entry declares them."""
+    name, listed = method.name, [m.path for m in config.models]
+    if method.base is not None and config.base is None:
+        raise ConfigError(f"{name} needs base_model ({method.base})")
+    if method.base is None and config.base is not None and config.base not in listed:
+        required = [p.name for p in method.per_model if p.required]
+        needing = f" (needing a {' and a '.join(required)})" if required else ""
+        raise ConfigError(f"{name}: base_model is not among the models; mergekit would add it as one more input{needing}, "
+                          f"so list it under models{' with its ' + ' and '.join(required) if required else ''}, or drop base_model")
+    if method.models is not None and (len(config.parents) != method.models or (method.base and config.base not in listed)):
+        count = _NUMBER_WORDS.get(method.models, method.models)
+        one_base = ", one of them base_model" if method.base else ""
+        raise ConfigError(f"{name} merges exactly {count} models{one_base}; got {', '.join(map(str, config.parents))}")
+    if method.base is not None and config.base not in listed:
         config.models.append(ModelSpec(config.base))  # as mergekit does: the base is an input whether listed or not
-    contributors = config.models if method == "linear" else config.others()
+    contributors = config.contributors(method)
     if not contributors:
-        raise ConfigError(f"{method} needs at least one model besides the base")
-    scopes = (config.slice_parameters, config.parameters)
+        raise ConfigError(f"{name} needs at least one model besides the base")
+    shared_scopes = (config.parameters, config.slice_parameters)
+    for parameter in method.shared:
+        if parameter.required and not any(parameter.name in scope for scope in shared_scopes):
+            raise ConfigError(f"{name} needs parameters.{parameter.name} (a number, a gradient list, or filter entries)")
+        for value in all_numbers([scope.get(parameter.name, []) for scope in shared_scopes]):
+            if not parameter.accepts(value):
+                raise ConfigError(f"parameters.{parameter.name}: {value} is outside {parameter.interval}")
     for model in contributors:
-        if not any("weight" in scope for scope in (model.parameters, *scopes)):
-            raise ConfigError(f"model {model.path}: {method} needs parameter 'weight' (mergekit has no default for it either)")
-        for scope in (model.parameters, *scopes):
-            for value in all_numbers(scope.get("density", 1.0)):
-                if not 0.0 < value <= 1.0:
-                    raise ConfigError(f"model {model.path}: density {value} is outside (0, 1]")
+        scopes = (model.parameters, config.slice_parameters, config.parameters)
+        for parameter in method.per_model:
+            if parameter.required and not any(parameter.name in scope for scope in scopes):
+                raise ConfigError(f"model {model.path}: {name} needs parameter '{parameter.name}' (mergekit has no default for it either)")
+            for scope in scopes:
+                for value in all_numbers(scope.get(parameter.name, [])):
+                    if not parameter.accepts(value):
+                        raise ConfigError(f"model {model.path}: {parameter.name} {value} is outside {parameter.interval}")
 
 
 def resolve_model_path(value: Any, config_dir: Path | None, what: str) -> Path:

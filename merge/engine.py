@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import kernels
+from . import kernels, methods
 from .checkpoint import file_identity
 from .config import MergeError, load_config
 from .output import write_metadata
-from .plan import DEFAULT_SHARD_SIZE, RANDOM_METHODS, MergePlan, TensorJob, build_plan
+from .plan import DEFAULT_SHARD_SIZE, MergePlan, TensorJob, build_plan
 
 FORMAT_VERSION = 3  # 3: mergekit's arithmetic for every method; inputs identified by content
 JOURNAL, FINGERPRINT = ".journal.jsonl", ".fingerprint"
@@ -80,7 +80,7 @@ def describe_nonfinite(nonfinite: dict, limit: int = 10) -> str:
 
 
 def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True,
-              shard_size: int = DEFAULT_SHARD_SIZE, exact: bool = True, precise: bool = False,
+              shard_size: int = DEFAULT_SHARD_SIZE, precise: bool = False,
               mergekit_sort: bool = False, random_seed: int | None = None, fsync: bool = True,
               fail_on_nonfinite: bool = False) -> MergeSummary:
     """Merge per `config` (mergekit-style dict or YAML path) into `out_dir`; see the module doc.
@@ -90,7 +90,7 @@ def run_merge(config, out_dir, *, workers: int | None = None, force: bool = Fals
     equal magnitudes at the cut (holds each tensor's |δ| and sort indices). random_seed: DARE's
     seed, as mergekit's --random-seed (default 0). fsync: make the output durable before it is
     published. fail_on_nonfinite: a NaN/Inf in any input or output is an error (nothing is
-    published). `exact` is accepted for compatibility: SLERP always follows mergekit's order."""
+    published)."""
     started = time.perf_counter()
     out_dir = Path(out_dir).absolute()
     plan = build_plan(load_config(config), shard_size=shard_size, precise=precise, mergekit_sort=mergekit_sort,
@@ -242,25 +242,27 @@ def read_journal(path: Path) -> dict[str, dict]:
 
 def _dispatch(plan: MergePlan, todo: list[TensorJob]):
     """(job, extra) in the order workers should take them: biggest first, so workers finish
-    together; for DARE in name order, with each job's generator states (mergekit draws one
-    stream through the tensors in name order, so a job's state depends on all jobs before it)."""
-    if plan.config.method not in RANDOM_METHODS:
+    together; for a random method (DARE) in name order, with each job's generator states (mergekit
+    draws one stream through the tensors in name order, so a job's state depends on all jobs before it)."""
+    method = methods.get(plan.config.method)
+    if not method.random:
         for job in sorted(todo, key=lambda job: -job.out_nbytes):
             yield job, None
         return
     import numpy as np
 
+    draws = method.draws_function()
     wanted = {job.name for job in todo}
     legacy = np.random.RandomState(plan.options["random_seed"] & 0xFFFFFFFF).get_state()  # as torch.manual_seed seeds mt19937
     stream = np.random.MT19937()
     stream.state = {"bit_generator": "MT19937", "state": {"key": legacy[1], "pos": legacy[2]}}
     for job in plan.jobs:
         states = []
-        if job.method in RANDOM_METHODS:
-            for density in job.params["densities"]:
-                if density < 1:
+        if job.method == method.name:  # not a copied tensor
+            for count in draws(job):
+                if count:
                     states.append(stream.state)
-                    stream.random_raw(job.numel, output=False)
+                    stream.random_raw(count, output=False)
                 else:
                     states.append(None)
         if job.name in wanted:

@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from . import methods
 from .checkpoint import DTYPE_SIZES
 from .methods import gta, slerp
 from .plan import TensorJob
@@ -50,10 +51,8 @@ write_behind = False  # set by the engine when the output will be fsynced: start
 
 
 def needs_torch(jobs) -> bool:
-    return any(job.method in TORCH_METHODS for job in jobs)
-
-
-TORCH_METHODS = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+    """Whether any job runs a method's kernel (they all run on torch) rather than copying bytes."""
+    return any(job.method != "copy" for job in jobs)
 
 
 LEAN_IMPORT_STUBS = ("torch._meta_registrations",)
@@ -121,18 +120,15 @@ def restore_threads(previous: int) -> None:
 
 def run_job(job: TensorJob, out_paths: list[str], extra: dict | None = None) -> dict:
     """Compute `job` and write it into its place in the output shard; return its report.
-    `extra` carries what the engine computes per job: DARE's generator states ("rng")."""
+    `extra` carries what the engine computes per job: a random method's generator states ("rng")."""
     out_fd = _fd(out_paths[job.shard], os.O_WRONLY)
     counts = _Nonfinite(len(job.sources))
     if job.method == "copy":
         _copy_bytes(job.sources[0], out_fd, job.out_offset)
         report = {"name": job.name, "method": "copy"}
-    elif job.method == "slerp":
-        report = _slerp_job(job, out_fd, counts)
-    elif job.method == "linear":
-        report = _linear_job(job, out_fd, counts)
     else:
-        report = _gta_job(job, out_fd, counts, (extra or {}).get("rng"))
+        method = methods.get(job.method)
+        report = method.kernel_function()(job, out_fd, counts, extra, **method.kernel_args)
     if job.tail is not None:
         _tail_rows(job, out_fd, counts)
     if counts.any():
@@ -172,7 +168,7 @@ def count_nonfinite(x) -> int:
 # ---- SLERP ---------------------------------------------------------------------------
 
 
-def _slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
+def slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None = None) -> dict:
     """mergekit's three passes over the tensor in its chunks: norms, dot, output (methods/slerp.py)."""
     import torch
 
@@ -345,14 +341,23 @@ def _inputs(job: TensorJob):
     return sources, dtype, load, counts_in
 
 
-def _linear_job(job: TensorJob, out_fd: int, counts: _Nonfinite) -> dict:
-    p = job.params
+def elementwise(job: TensorJob, out_fd: int, counts: _Nonfinite, combine, precise: bool = False) -> None:
+    """Compute a method that is elementwise in its inputs: `combine` gets, chunk by chunk, a list
+    with each source's chunk (base first when the method has one) cast to the recipe's dtype, and
+    returns the merged chunk; it is cast to the recipe's dtype and then to the output dtype, as
+    mergekit casts (`precise`: straight to the output dtype). NaN/Inf are counted."""
     sources, dtype, load, counts_in = _inputs(job)
-    out = _Output(job, job.out_dtype if p["precise"] else p["dtype"], out_fd)
+    out = _Output(job, job.out_dtype if precise else job.params.get("dtype") or job.sources[0].dtype, out_fd)
     for lo, hi in _chunks(job.numel):
-        merged = gta.linear_combine(load(lo, hi, count=True), p["weights"], normalize=p["normalize"], precise=p["precise"])
-        counts.output += count_nonfinite(out.write(lo, merged if p["precise"] else merged.to(dtype)))
+        merged = combine(load(lo, hi, count=True))
+        counts.output += count_nonfinite(out.write(lo, merged if precise else merged.to(dtype)))
     counts.inputs = counts_in
+
+
+def linear_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None = None) -> dict:
+    p = job.params
+    elementwise(job, out_fd, counts, lambda xs: gta.linear_combine(xs, p["weights"], normalize=p["normalize"], precise=p["precise"]),
+                precise=p["precise"])
     return {"name": job.name, "method": "linear", "weights": p["weights"]}
 
 
@@ -360,11 +365,10 @@ class _Model:
     """One non-base model of a generalized task arithmetic job: its sparsification and the
     whole-tensor statistics that sparsification needs."""
 
-    def __init__(self, index: int, job: TensorJob, mask_dtype, rng_state):
+    def __init__(self, index: int, job: TensorJob, mask_dtype, rng_state, sparsify: str | None):
         p = job.params
         self.index, self.density = index, p["densities"][index]
-        kind = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random"}.get(job.method)
-        self.kind = kind if kind and self.density < 1 else None  # density 1: mergekit returns δ untouched (no draws)
+        self.kind = sparsify if sparsify and self.density < 1 else None  # density 1: mergekit returns δ untouched (no draws)
         self.rescale = bool(p["rescale"]) and self.kind is not None
         self.keep_below = gta.keep_threshold(self.density, mask_dtype) if self.kind == "random" else 0
         self.rng_state, self.generator = rng_state, None
@@ -404,13 +408,17 @@ class _Model:
         return keep
 
 
-def _gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, rng_states) -> dict:
-    """Task arithmetic, TIES, DARE: statistics passes as the sparsification needs, then the output pass."""
+def gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None = None, *,
+            sparsify: str | None, consensus: bool) -> dict:
+    """Task arithmetic, TIES, DARE: statistics passes as the sparsification needs, then the output pass.
+    sparsify: None (task arithmetic), "magnitude" (TIES) or "random" (DARE, with extra["rng"]: each
+    model's generator state); consensus: sign election (TIES, dare_ties)."""
     torch = use_torch()
     p = job.params
+    rng_states = (extra or {}).get("rng")
     sources, dtype, load, counts_in = _inputs(job)
     compute, mask_dtype = gta.working_dtypes(dtype, p["precise"])
-    models = [_Model(i, job, mask_dtype, (rng_states or [None] * len(job.sources))[i]) for i in range(len(job.sources) - 1)]
+    models = [_Model(i, job, mask_dtype, (rng_states or [None] * len(job.sources))[i], sparsify) for i in range(len(job.sources) - 1)]
     n = job.numel
     report = {"name": job.name, "method": job.method, "weights": p["weights"], "densities": p["densities"]}
 
@@ -428,7 +436,6 @@ def _gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, rng_states) -> dic
     for m in (m for m in models if m.rescale):
         m.ratio = _l1_ratio(m, n, deltas, mask_dtype if m.kind == "random" else compute)
     weights = torch.tensor(p["weights"], dtype=torch.float64).to(compute) if p["precise"] else gta.weights_tensor(p["weights"], compute)
-    consensus = job.method in ("ties", "dare_ties")
     out = _Output(job, job.out_dtype if p["precise"] else p["dtype"], out_fd)
     for m in models:
         m.restart()

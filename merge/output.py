@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from . import methods
 from .plan import MergePlan
 
 TOKENIZER_FILES = (
@@ -120,7 +121,6 @@ def _report(plan: MergePlan, reports: list[dict]) -> dict:
 def model_card(plan: MergePlan, reports: list[dict]) -> str:
     config = plan.config
     recipe = yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None).rstrip()
-    branches = [r.get("branch") for r in reports if r.get("branch")]
     lines = [
         "---",
         "tags: [merge, hpcadapt-merge]",
@@ -134,13 +134,21 @@ def model_card(plan: MergePlan, reports: list[dict]) -> str:
         "",
         f"{len(plan.jobs)} tensors, {plan.num_layers} layers, {plan.total_bytes / 1e9:.3f} GB in {len(plan.shard_names)} shard(s).",
     ]
-    if config.method == "slerp":
-        lines += ["", "## Schedule", "", "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
-                  "```yaml", yaml.safe_dump({"t": config.parameters.get("t", config.slice_parameters.get("t"))}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
-                  f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear (nearly colinear tensors). "
-                  "Per-tensor t, cosine and branch are in `merge_report.json`."]
+    card = methods.get(config.method).card_function()
+    if card is not None:
+        lines += card(plan, reports)
     lines += ["", "## Recipe", "", "```yaml", recipe, "```", ""]
     return "\n".join(lines)
+
+
+def slerp_card(plan: MergePlan, reports: list[dict]) -> list[str]:
+    """SLERP's section of the model card: the t schedule and the branches taken."""
+    config = plan.config
+    branches = [r.get("branch") for r in reports if r.get("branch")]
+    return ["", "## Schedule", "", "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
+            "```yaml", yaml.safe_dump({"t": config.parameters.get("t", config.slice_parameters.get("t"))}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
+            f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear (nearly colinear tensors). "
+            "Per-tensor t, cosine and branch are in `merge_report.json`."]
 
 
 def _write_json(path: Path, data) -> None:

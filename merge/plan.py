@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import methods
 from .checkpoint import CONFIG_DTYPE_NAMES, DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
-from .config import BOOL_PARAMETERS, DEFAULTS, ConfigError, MergeConfig, ModelSpec
+from .config import ConfigError, MergeConfig, ModelSpec
 from .schedule import depth_position, filters_of, resolve_value
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
 _VOCAB_HINTS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
-RANDOM_METHODS = ("dare_ties", "dare_linear")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def build_plan(config: MergeConfig, shard_size: int = DEFAULT_SHARD_SIZE, *, pre
     base = checkpoints[config.parents[0]]
     num_layers, vocab = _check_parents(config, checkpoints)
     _check_filters(config, base)
+    method = methods.get(config.method)
     order = _source_order(config)
     jobs_spec = []
     for name in sorted(base.tensors):
@@ -98,25 +99,25 @@ def build_plan(config: MergeConfig, shard_size: int = DEFAULT_SHARD_SIZE, *, pre
             infos = [info.rows(0, vocab.rows) for info in infos]
         sources = tuple(infos)
         out_dtype = _output_dtype(config, sources[0])
-        params = _tensor_params(config, name, num_layers, sources[0].dtype)
-        if config.method != "slerp":
+        params = _tensor_params(config, method, name, num_layers, sources[0].dtype)
+        if "precise" in method.options:
             params["precise"] = precise
-        if config.method == "ties" and mergekit_sort:
+        if "mergekit_sort" in method.options and mergekit_sort:
             params["mergekit_sort"] = True
-        method = config.method if sources[0].dtype in FLOAT_DTYPES else "copy"
+        job_method = config.method if sources[0].dtype in FLOAT_DTYPES else "copy"
         shape = (sources[0].shape[0] + tail.shape[0], *sources[0].shape[1:]) if tail else sources[0].shape
-        jobs_spec.append((name, method, sources, params, out_dtype, shape, tail))
+        jobs_spec.append((name, job_method, sources, params, out_dtype, shape, tail))
     jobs, names, headers, sizes = _layout(jobs_spec, shard_size)
-    options = {"precise": precise if config.method != "slerp" else None,
-               "mergekit_sort": mergekit_sort if config.method == "ties" else None,
-               "random_seed": random_seed if config.method in RANDOM_METHODS else None}
+    options = {"precise": precise if "precise" in method.options else None,
+               "mergekit_sort": mergekit_sort if "mergekit_sort" in method.options else None,
+               "random_seed": random_seed if method.random else None}
     return MergePlan(config, checkpoints, num_layers, jobs, names, headers, sizes, vocab, options)
 
 
 def _source_order(config: MergeConfig) -> list[Path]:
-    if config.method == "linear":
-        return [m.path for m in config.models]
-    return [config.base] + [m.path for m in config.others()]
+    """Input folders in the order a job's sources are: the contributors, after the base when the method has one."""
+    contributors = [m.path for m in config.contributors()]
+    return contributors if methods.get(config.method).base is None else [config.base] + contributors
 
 
 def _is_vocab_tensor(name: str, infos: list[TensorInfo]) -> bool:
@@ -273,9 +274,11 @@ def _output_dtype(config: MergeConfig, source: TensorInfo) -> str:
     return CONFIG_DTYPE_NAMES[chosen] if chosen else source.dtype
 
 
-def resolve_parameter(config: MergeConfig, name: str, key: str, position: float, model: ModelSpec | None = None) -> Any:
+def resolve_parameter(config: MergeConfig, name: str, parameter: methods.Parameter, position: float,
+                      model: ModelSpec | None = None) -> Any:
     """mergekit's precedence: the model's own setting, the slice's, the top level's; a setting whose
     filters match nothing falls through to the next; then the method's default."""
+    key = parameter.name
     scopes = ([model.parameters] if model is not None else []) + [config.slice_parameters, config.parameters]
     for scope in scopes:
         if key in scope:
@@ -284,18 +287,16 @@ def resolve_parameter(config: MergeConfig, name: str, key: str, position: float,
             except ValueError as error:
                 raise ConfigError(f"parameter {key!r}: {error}") from None
             if value is not None:
-                return _typed(key, value)
-    default = DEFAULTS.get(key)
-    if isinstance(default, dict):
-        default = default.get(config.method)
-    if default is None:
+                return _typed(parameter, value)
+    if parameter.default is None:
         where = f"{model.path.name}.{name}" if model is not None else name
         raise ConfigError(f"parameter {key!r}: nothing gives a value for {where} and {config.method} has no default for it")
-    return default
+    return parameter.default
 
 
-def _typed(key: str, value: Any) -> Any:
-    if key in BOOL_PARAMETERS:
+def _typed(parameter: methods.Parameter, value: Any) -> Any:
+    key = parameter.name
+    if parameter.boolean:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, (bool, int, float)):
@@ -306,26 +307,23 @@ def _typed(key: str, value: Any) -> Any:
     return float(value)
 
 
-def _tensor_params(config: MergeConfig, name: str, num_layers: int, source_dtype: str) -> dict[str, Any]:
+def _tensor_params(config: MergeConfig, method: methods.MergeMethod, name: str, num_layers: int, source_dtype: str) -> dict[str, Any]:
+    """The job's parameters for tensor `name`: the recipe's dtype, then each parameter of the method
+    resolved at the tensor's depth (per-model ones as a list over the contributors)."""
     position = depth_position(name, num_layers)
     dtype = CONFIG_DTYPE_NAMES[config.dtype] if config.dtype else source_dtype  # inputs are cast to it before merging
-    if config.method == "slerp":
-        t = resolve_parameter(config, name, "t", position)
-        if not 0.0 <= t <= 1.0:
-            raise ConfigError(f"t = {t} for tensor {name!r} is outside [0, 1]")
-        return {"t": t, "dtype": dtype}
-    contributors = config.models if config.method == "linear" else config.others()
-    params: dict[str, Any] = {"dtype": dtype,
-                              "weights": [resolve_parameter(config, name, "weight", position, m) for m in contributors]}
-    params["normalize"] = resolve_parameter(config, name, "normalize", position)
-    if config.method == "linear":
-        return params
-    for key in ("rescale", "lambda", "int8_mask"):
-        params[key] = resolve_parameter(config, name, key, position)
-    params["densities"] = [resolve_parameter(config, name, "density", position, m) for m in contributors]
-    for model, density in zip(contributors, params["densities"]):
-        if not 0.0 < density <= 1.0:
-            raise ConfigError(f"model {model.path}: density {density} for tensor {name!r} is outside (0, 1]")
+    params: dict[str, Any] = {"dtype": dtype}
+    contributors = config.contributors(method)
+    for parameter in method.parameters:
+        if not parameter.per_model:
+            value = params[parameter.key] = resolve_parameter(config, name, parameter, position)
+            if not parameter.accepts(value):
+                raise ConfigError(f"{parameter.name} = {value} for tensor {name!r} is outside {parameter.interval}")
+            continue
+        values = params[parameter.key] = [resolve_parameter(config, name, parameter, position, m) for m in contributors]
+        for model, value in zip(contributors, values):
+            if not parameter.accepts(value):
+                raise ConfigError(f"model {model.path}: {parameter.name} {value} for tensor {name!r} is outside {parameter.interval}")
     return params
 
 

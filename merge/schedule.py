@@ -14,6 +14,15 @@ import math
 import re
 from typing import Any
 
+# The paper's SLERP schedule (Lu, Luu & Buehler 2024): attention moves from the base (t = 0) at the
+# bottom to the other model (t = 1) at the top, the MLPs the other way round, everything else halfway.
+# One shared list: copy it (copy.deepcopy) before changing it.
+PAPER_SLERP_T = [
+    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+    {"value": 0.5},
+]
+
 _LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
 
@@ -71,17 +80,6 @@ def filters_of(spec: Any) -> list[str | None]:
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(e, dict) for e in spec):
         return [e.get("filter") for e in spec]
     return [None]
-
-
-def spec_for_filter(spec: Any, pattern: str | None) -> Any:
-    """The value of the entry with this filter (the whole spec when it has no entries)."""
-    if isinstance(spec, dict):
-        spec = [spec]
-    if isinstance(spec, (list, tuple)) and spec and all(isinstance(e, dict) for e in spec):
-        for entry in spec:
-            if entry.get("filter") == pattern:
-                return entry["value"]
-    return spec
 
 
 def all_numbers(spec: Any) -> list[float]:

@@ -34,13 +34,15 @@ import time
 import zlib
 from pathlib import Path
 
+from hpcadapt_merge import methods
+from hpcadapt_merge.schedule import PAPER_SLERP_T
+
 SHAPES = {
     "mistral-22": dict(layers=22, hidden=2048, intermediate=8192, vocab=32768, kv_ratio=4),
     "7b": dict(layers=32, hidden=4096, intermediate=14336, vocab=32768, kv_ratio=4),
     "tiny": dict(layers=4, hidden=256, intermediate=1024, vocab=4096, kv_ratio=4),
 }
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
-PAPER_T = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
 
 
 def tensor_shapes(s: dict) -> dict[str, tuple[int, ...]]:
@@ -106,13 +108,15 @@ def generate_pair(folder: Path, shape: dict, shard_bytes: int = 2 * 10**9) -> tu
 
 
 def recipe(a: Path, b: Path, layers: int, method: str = "slerp") -> dict:
-    if method == "slerp":
+    spec = methods.get(method)
+    if method == "slerp":  # the paper's merge
         return {"merge_method": "slerp", "base_model": str(a),
                 "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]}, {"model": str(b), "layer_range": [0, layers]}]}],
-                "parameters": {"t": PAPER_T}, "dtype": "bfloat16"}
-    parameters = {"weight": 1.0} if method in ("linear", "task_arithmetic") else {"weight": 1.0, "density": 0.5}
+                "parameters": {"t": PAPER_SLERP_T}, "dtype": "bfloat16"}
+    sparsifies = spec.kernel_args.get("sparsify") is not None  # TIES, DARE: half of each task vector kept
+    parameters = {"weight": 1.0, "density": 0.5} if sparsifies else {"weight": 1.0}
     models = [{"model": str(b), "parameters": parameters}]
-    if method == "linear":
+    if spec.base is None:  # linear: every model is an input, the first one too
         models.insert(0, {"model": str(a), "parameters": {"weight": 1.0}})
         return {"merge_method": method, "models": models, "dtype": "bfloat16"}
     return {"merge_method": method, "base_model": str(a), "models": models, "dtype": "bfloat16"}
@@ -169,7 +173,7 @@ def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="mistral-22")
-    parser.add_argument("--method", default="slerp", choices=["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"])
+    parser.add_argument("--method", default="slerp", choices=methods.METHOD_NAMES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--dir", type=Path, default=Path("bench"))
@@ -194,7 +198,7 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     ours = [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force", "--no-progress"]
     ours += ["--workers", str(args.workers)] if args.workers else []
-    seed = ["--random-seed", "0"] if args.method.startswith("dare") else []
+    seed = ["--random-seed", "0"] if methods.get(args.method).random else []
     runs, envs = {}, {}
     if not args.only_ours:
         mergekit = [str(bin_dir / "mergekit-yaml"), str(config), str(folder / "mergekit-tuned")] + seed

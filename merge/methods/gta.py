@@ -111,6 +111,12 @@ def combine(base, deltas, weights, *, consensus: bool, normalize: bool, lam: flo
     return base + mixed
 
 
+def random_draws(job) -> list[int]:
+    """DARE's 32-bit draws for one job, per non-base model: one per element where its density is
+    below 1 (density 1: mergekit returns δ untouched and draws nothing)."""
+    return [job.numel if density < 1 else 0 for density in job.params["densities"]]
+
+
 def linear_combine(xs, weights, *, normalize: bool, precise: bool):
     """mergekit's linear merge of one chunk: float32 (float64 for float64 inputs) fused
     multiply-adds Σ wᵢxᵢ, divided by Σwᵢ; `precise` accumulates in float64."""

@@ -7,11 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-PAPER_T = [
-    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
-    {"value": 0.5},
-]
+from hpcadapt_merge.schedule import PAPER_SLERP_T
 
 
 def derive_model(src: Path, dst: Path, noise: float, seed: int, dtype: str = "bfloat16") -> Path:
@@ -51,7 +47,7 @@ def slerp_config(models, t=None, **extra) -> dict:
         "base_model": str(models["base"]),
         "slices": [{"sources": [{"model": str(models["base"]), "layer_range": [0, 4]},
                                 {"model": str(models["tuned"]), "layer_range": [0, 4]}]}],
-        "parameters": {"t": PAPER_T if t is None else t},
+        "parameters": {"t": PAPER_SLERP_T if t is None else t},
         "dtype": "bfloat16",
         **extra,
     }

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from merge_helpers import PAPER_T, folder_bytes, load_tensors, slerp_config
+from merge_helpers import folder_bytes, load_tensors, slerp_config
 from test_methods import reference_slerp
 
 from hpcadapt_merge import kernels, run_merge
 from hpcadapt_merge.methods import slerp
-from hpcadapt_merge.schedule import resolve_t
+from hpcadapt_merge.schedule import PAPER_SLERP_T, resolve_t
 
 
 def test_slerp_merge_matches_reference_per_tensor(models, tmp_path):
@@ -18,7 +18,7 @@ def test_slerp_merge_matches_reference_per_tensor(models, tmp_path):
     report = json.loads((tmp_path / "out" / "merge_report.json").read_text())["tensors"]
     assert set(merged) == set(a) and summary.tensors == len(a)
     for name, out in merged.items():
-        t = resolve_t(name, PAPER_T, 4)
+        t = resolve_t(name, PAPER_SLERP_T, 4)
         assert report[name]["t"] == t and out.dtype == torch.bfloat16
         if t in (0.0, 1.0):  # endpoints are byte copies of one parent
             assert torch.equal(out.view(torch.int16), (a if t == 0 else b)[name].view(torch.int16)), name

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from merge_helpers import PAPER_T, derive_model, load_tensors, random_mistral, slerp_config
+from merge_helpers import derive_model, load_tensors, random_mistral, slerp_config
 
 from hpcadapt_merge import run_merge
 from hpcadapt_merge.compare import agreement as compare_folders
 from hpcadapt_merge.compare import compare
+from hpcadapt_merge.schedule import PAPER_SLERP_T
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("mergekit") is None, reason="mergekit is not installed (pip install mergekit==0.1.5)")]
@@ -67,7 +68,7 @@ def big_config(models) -> dict:
     return {"merge_method": "slerp", "base_model": str(models["base"]),
             "slices": [{"sources": [{"model": str(models["base"]), "layer_range": [0, 3]},
                                     {"model": str(models["tuned"]), "layer_range": [0, 3]}]}],
-            "parameters": {"t": PAPER_T}, "dtype": "bfloat16"}
+            "parameters": {"t": PAPER_SLERP_T}, "dtype": "bfloat16"}
 
 
 def assert_bit_identical(ours: Path, theirs: Path, models) -> dict:

@@ -1,27 +1,26 @@
 """t resolution: mergekit's gradient and filter semantics, layer count from the model."""
 
 import pytest
-from merge_helpers import PAPER_T
 
-from hpcadapt_merge.schedule import layer_index, resolve_t
+from hpcadapt_merge.schedule import PAPER_SLERP_T, layer_index, resolve_t
 
 
 @pytest.mark.parametrize("layer, attn, mlp", [(0, 0, 1), (1, 0.064516, 0.935484), (8, 0.493548, 0.506452),
                                               (15, 0.312903, 0.687097), (24, 0.729032, 0.270968), (31, 1, 0)])
 def test_paper_schedule_over_32_layers(layer, attn, mlp):
-    assert resolve_t(f"model.layers.{layer}.self_attn.o_proj.weight", PAPER_T, 32) == pytest.approx(attn, abs=1e-6)
-    assert resolve_t(f"model.layers.{layer}.mlp.down_proj.weight", PAPER_T, 32) == pytest.approx(mlp, abs=1e-6)
+    assert resolve_t(f"model.layers.{layer}.self_attn.o_proj.weight", PAPER_SLERP_T, 32) == pytest.approx(attn, abs=1e-6)
+    assert resolve_t(f"model.layers.{layer}.mlp.down_proj.weight", PAPER_SLERP_T, 32) == pytest.approx(mlp, abs=1e-6)
 
 
 def test_norms_and_tensors_outside_layers_take_the_default_or_position_zero():
-    assert resolve_t("model.layers.3.input_layernorm.weight", PAPER_T, 32) == 0.5
+    assert resolve_t("model.layers.3.input_layernorm.weight", PAPER_SLERP_T, 32) == 0.5
     assert resolve_t("model.embed_tokens.weight", [0.2, 0.9], 24) == 0.2  # outside the layers: position 0
-    assert resolve_t("lm_head.weight", PAPER_T, 24) == 0.5
+    assert resolve_t("lm_head.weight", PAPER_SLERP_T, 24) == 0.5
 
 
 def test_gradient_stretches_over_the_models_layer_count():
     # SmolLM has 24 layers: the last layer must reach the end of the gradient, not stop at 23/31.
-    assert resolve_t("model.layers.23.self_attn.q_proj.weight", PAPER_T, 24) == 1.0
+    assert resolve_t("model.layers.23.self_attn.q_proj.weight", PAPER_SLERP_T, 24) == 1.0
     assert resolve_t("model.layers.23.self_attn.q_proj.weight", [0.0, 1.0], 24) == 1.0
     assert resolve_t("model.layers.12.mlp.up_proj.weight", [0.0, 1.0], 25) == pytest.approx(0.5)
 
