@@ -12,9 +12,11 @@ login node load it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from hpcadapt_merge.schedule import PAPER_SLERP_T
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
@@ -257,13 +259,7 @@ class MergeConfig:
     """
 
     method: str = "slerp"
-    t: Any = field(
-        default_factory=lambda: [
-            {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
-            {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
-            {"value": 0.5},
-        ]
-    )
+    t: Any = field(default_factory=lambda: copy.deepcopy(PAPER_SLERP_T))  # the paper's schedule
     dtype: str = "bfloat16"
     workers: Optional[int] = None
 
@@ -456,8 +452,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"speed.liger must be auto, on or off, got {cfg.speed.liger!r}")
     if cfg.wandb.mode not in (None, "online", "offline", "disabled"):
         raise ConfigError(f"wandb.mode must be online, offline or disabled, got {cfg.wandb.mode!r}")
-    if cfg.merge.method not in ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"):
-        raise ConfigError(f"merge.method {cfg.merge.method!r} is unknown")
+    from hpcadapt_merge import methods as merge_methods  # the merger's registry (plugins may add to it)
+
+    if cfg.merge.method not in merge_methods.METHOD_NAMES:
+        raise ConfigError(f"merge.method {cfg.merge.method!r} is unknown; the merger implements "
+                          f"{', '.join(merge_methods.METHOD_NAMES)}")
 
 
 def check_known_keys(node: Any, where: str) -> None:

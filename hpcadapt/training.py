@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -790,31 +789,22 @@ def expected_parameters(model) -> int:
     return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
 
 
-def saved_headers(model_dir: Path) -> list[dict[str, Any]]:
-    """The tensor entries of every safetensors file in the folder (headers only)."""
-    entries = []
-    for f in sorted(model_dir.glob("*.safetensors")):
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        entries += [info for name, info in header.items() if name != "__metadata__"]
-    return entries
+def saved_tensors(model_dir: Path) -> list[Any]:
+    """The tensor entries (name, shape, bytes) of every safetensors file in the folder, read and
+    checked from their headers only, by the merger's reader (the one safetensors header parser)."""
+    from hpcadapt_merge.checkpoint import read_header
+
+    return [info for f in sorted(model_dir.glob("*.safetensors")) for info in read_header(f).values()]
 
 
 def saved_parameters(model_dir: Path) -> int:
     """Element count of every tensor in the folder's safetensors files."""
-    total = 0
-    for info in saved_headers(model_dir):
-        count = 1
-        for d in info["shape"]:
-            count *= d
-        total += count
-    return total
+    return sum(info.numel for info in saved_tensors(model_dir))
 
 
 def saved_bytes(model_dir: Path) -> int:
     """Bytes of tensor data in the folder's safetensors files (an index's `total_size`)."""
-    return sum(info["data_offsets"][1] - info["data_offsets"][0] for info in saved_headers(model_dir))
+    return sum(info.nbytes for info in saved_tensors(model_dir))
 
 
 def verify_saved(model_dir: Path, expected: int, spec: StageSpec) -> None:

@@ -61,10 +61,17 @@ class Checkpoint:
 
     @property
     def num_layers(self) -> int:
-        layers = self.config.get("num_hidden_layers") or self.config.get("text_config", {}).get("num_hidden_layers")
-        if not isinstance(layers, int):
-            raise CheckpointError(f"{self.path / 'config.json'}: no integer 'num_hidden_layers'; the layer count of the t schedule comes from it")
-        return layers
+        return layer_count(self.config, self.path / "config.json")
+
+
+def layer_count(config: dict, config_file: Path) -> int:
+    """The decoder layer count a model's config.json gives (a multimodal config's text_config
+    too): what a t schedule is spread over. The toolkit reads it here as well."""
+    layers = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
+    if not isinstance(layers, int):
+        raise CheckpointError(f"{config_file}: no integer 'num_hidden_layers'; the layer count of the t schedule "
+                              "comes from it")
+    return layers
 
 
 def open_checkpoint(path: Path) -> Checkpoint:

@@ -17,12 +17,14 @@ def schedule_curves(t_spec: Any, num_layers: int) -> dict[str, list[float]]:
         # filter string itself, inside a layer name, matches exactly its entry or an
         # earlier, broader one — which is what such a tensor would really get.
         probe = f"model.layers.{{i}}.{pattern}.weight" if pattern else "model.layers.{i}.__default__.weight"
-        curves[label] = [float(resolve_value(probe.format(i=i), t_spec, i / max(num_layers - 1, 1))) for i in range(num_layers)]
+        curves[label] = [float(resolve_value(probe.format(i=i), t_spec, i / max(num_layers - 1, 1)))
+                         for i in range(num_layers)]
     return curves
 
 
-def plot_schedule(t_spec: Any, num_layers: int, png_path) -> Path:
-    """Draw t over layer index, one line per filter group, into `png_path`."""
+def plot_schedule(t_spec: Any, num_layers: int, png_path, title: str = "merge schedule over depth") -> Path:
+    """Draw t over layer index, one line per filter group, into `png_path` (the toolkit's
+    synergy report draws its merge's schedule with it too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +37,7 @@ def plot_schedule(t_spec: Any, num_layers: int, png_path) -> Path:
     ax.set_xlabel(f"layer (of {num_layers})")
     ax.set_ylabel("t  (0 = base model, 1 = other)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("merge schedule over depth")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -28,7 +28,7 @@ def build_parents(work: Path, hidden: int, layers: int, vocab: int, questions: i
     """Two parents sharing one tokenizer (the second a perturbed copy) and a benchmark file."""
     import torch
 
-    from hpcadapt.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
+    from hpcadapt.demo.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
 
     rows = [{"id": f"q{i}", "question": f"Which phase forms in alloy number {i} after annealing?",
              "choices": ["ferrite", "austenite", "martensite", "pearlite"], "answer": "ABCD"[i % 4],

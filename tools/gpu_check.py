@@ -62,8 +62,8 @@ BARE_SCRIPT = textwrap.dedent('''
 def build_model(out: Path, shape: dict, texts: list[str], vocab_size: int) -> Path:
     import torch
 
-    from hpcadapt.tiny import TinyShape, build_tokenizer, save_pretrained_dir
-    from hpcadapt.tiny import build_model as tiny_model
+    from hpcadapt.demo.tiny import TinyShape, build_tokenizer, save_pretrained_dir
+    from hpcadapt.demo.tiny import build_model as tiny_model
 
     if (out / "config.json").is_file():
         return out

@@ -90,11 +90,12 @@ def num_layers_of(folder: str | Path) -> int:
     config_file = Path(folder) / "config.json"
     if not config_file.is_file():
         raise ModelDirError(f"{config_file}: not found; the layer count of a t schedule comes from it")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    layers = config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers")
-    if not isinstance(layers, int):
-        raise ModelDirError(f"{config_file}: no integer num_hidden_layers (the t schedule is spread over it)")
-    return layers
+    from hpcadapt_merge.checkpoint import CheckpointError, layer_count
+
+    try:
+        return layer_count(json.loads(config_file.read_text(encoding="utf-8")), config_file)
+    except CheckpointError as e:
+        raise ModelDirError(str(e)) from None
 
 
 def pick_device(device: str | None) -> str:

@@ -6,14 +6,6 @@ from pathlib import Path
 
 from hpcadapt.atomic import replacing
 
-# Representative tensor names: what an attention, an MLP and any other (norm) tensor
-# of layer i resolves to under a mergekit t spec.
-SCHEDULE_PROBES = {
-    "self_attn": "model.layers.{i}.self_attn.q_proj.weight",
-    "mlp": "model.layers.{i}.mlp.gate_proj.weight",
-    "other (norms)": "model.layers.{i}.input_layernorm.weight",
-}
-
 
 def _pyplot():
     import matplotlib
@@ -51,34 +43,6 @@ def plot_accuracy_by_group(accuracy: dict[str, dict[str, float]], title: str, pa
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", ncol=len(models), frameon=False)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def schedule_curves(t_spec, num_layers: int) -> dict[str, list[float]]:
-    """t per layer for attention, MLP and other tensors, resolved with the merger's rules."""
-    from hpcadapt_merge.schedule import resolve_t
-
-    return {
-        label: [resolve_t(probe.format(i=i), t_spec, num_layers) for i in range(num_layers)]
-        for label, probe in SCHEDULE_PROBES.items()
-    }
-
-
-def plot_schedule(t_spec, num_layers: int, path: Path, title: str = "SLERP t over depth") -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for label, values in schedule_curves(t_spec, num_layers).items():
-        ax.plot(range(num_layers), values, marker="o", markersize=3, label=label)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"layer (of {num_layers})")
-    ax.set_ylabel("t  (0 = base parent)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     return _save(fig, path)
 

@@ -16,17 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcadapt_merge.schedule import PAPER_SLERP_T as PAPER_T  # the one source of the paper's schedule
 from tqdm.auto import tqdm
 
 from .benchmark import load_benchmarks, read_heldout_texts
 from .model_dir import check_model_dir, check_same_tokenizer, load_model, load_tokenizer, num_layers_of, pick_device
 from .results import EvalResults
-
-PAPER_T = [
-    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
-    {"value": 0.5},
-]
 
 
 def default_schedules() -> dict[str, Any]:

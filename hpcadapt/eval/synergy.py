@@ -122,7 +122,10 @@ def synergy_report(
     score-against-schedule plot. `t_spec` adds the schedule-over-depth plot; the layer
     count is read from the merged model's (else a parent's) config.json when not given.
     """
-    from .plots import plot_accuracy_by_group, plot_schedule, plot_sweep, schedule_curves
+    from hpcadapt_merge.plot import plot_schedule, schedule_curves
+    from hpcadapt_merge.schedule import resolve_t
+
+    from .plots import plot_accuracy_by_group, plot_sweep
 
     validate_roles(results, merged, parents)
     out = Path(out_dir)
@@ -138,11 +141,13 @@ def synergy_report(
 
     if t_spec is not None:
         num_layers = num_layers or schedule_layers(results, (merged, *parents))
+        # A norm tensor matches neither attention nor MLP filters: the schedule needs an entry for it.
+        resolve_t(f"model.layers.{num_layers - 1}.input_layernorm.weight", t_spec, num_layers)
         report.schedule = {
             "t_spec": t_spec,
             "num_layers": num_layers,
             "t_per_layer": schedule_curves(t_spec, num_layers),
-        }  # also validates t_spec
+        }
     if sweep is not None:
         report.sweep = rank_sweep(sweep, results, parents, report.primary_metric, n_boot, seed)
 

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from hpcadapt.eval.model_dir import num_layers_of
 from hpcadapt.hub import local_model
 from hpcadapt.spec import StageSpec
 
@@ -25,7 +26,7 @@ def merge_config(spec: StageSpec) -> dict[str, Any]:
     m = spec.settings
     base, other = (local_model(ref, spec.revisions) for ref in (spec.base_model, spec.other_model))
     base_config, other_config = (json.loads((Path(f) / "config.json").read_text()) for f in (base, other))
-    layers = base_config["num_hidden_layers"]
+    layers = num_layers_of(base)
     # A chain that had to add a pad token grew its vocabulary by one appended row: the merge
     # keeps that row from the chain's model and merges the rest (mergekit's `union`).
     grown = other_config.get("vocab_size", 0) > base_config.get("vocab_size", 0)

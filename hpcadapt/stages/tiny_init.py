@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcadapt.spec import StageSpec
-from hpcadapt.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
+from hpcadapt.demo.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
 
 
 def run(spec: StageSpec) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hpcadapt.demo.domain import generate_domain, read_jsonl
-from hpcadapt.tiny import build_model, build_tokenizer
+from hpcadapt.demo.tiny import build_model, build_tokenizer
 
 
 def heldout_perplexity(model, tokenizer, texts):

@@ -31,7 +31,7 @@ def heldout_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def untrained_dir(tmp_path_factory, rows) -> str:
-    from hpcadapt.tiny import TinyShape, build_tiny_model_dir
+    from hpcadapt.demo.tiny import TinyShape, build_tiny_model_dir
 
     out = tmp_path_factory.mktemp("untrained") / "model"
     shape = TinyShape(hidden_size=64, intermediate_size=176)  # 4 layers, so schedules vary over depth

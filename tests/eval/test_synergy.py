@@ -104,7 +104,7 @@ def test_verdict_is_synergy_only_when_interval_excludes_zero(tmp_path):
 
 def test_parents_with_different_tokenizers_are_refused(untrained_dir, bench_file, tmp_path, eval_results, monkeypatch):
     import hpcadapt.eval.sweep as sweep_module
-    from hpcadapt.tiny import build_tiny_model_dir
+    from hpcadapt.demo.tiny import build_tiny_model_dir
 
     other = build_tiny_model_dir(tmp_path / "other", ["completely different words here"] * 20, vocab_size=300)
     monkeypatch.setattr(sweep_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))

@@ -1,6 +1,6 @@
 """Tiny bf16 model pairs for the merger's tests, built once per session.
 
-A random tiny Mistral (hpcadapt.tiny) is the base; the "fine-tune" is a perturbed
+A random tiny Mistral (hpcadapt.demo.tiny) is the base; the "fine-tune" is a perturbed
 copy, so tensor cosines sit near those of a real fine-tune and both SLERP branches
 occur (norm weights stay nearly colinear and take the linear branch).
 """

@@ -34,7 +34,7 @@ def derive_model(src: Path, dst: Path, noise: float, seed: int, dtype: str = "bf
 
 def random_mistral(folder: Path, hidden: int, intermediate: int, layers: int) -> Path:
     """A randomly initialised tiny Mistral with its tokenizer, saved to `folder`."""
-    from hpcadapt.tiny import TinyShape, build_tiny_model_dir
+    from hpcadapt.demo.tiny import TinyShape, build_tiny_model_dir
 
     texts = [f"steel grain boundary {i} fatigue crack silk protein fibre" for i in range(300)]
     return build_tiny_model_dir(folder, texts, arch="mistral", vocab_size=320,

@@ -53,7 +53,7 @@ def test_empty_dataset(tmp_path):
 
 
 def test_start_model_without_chat_template(tmp_path):
-    from hpcadapt.tiny import build_tiny_model_dir
+    from hpcadapt.demo.tiny import build_tiny_model_dir
 
     write_toy_domain(tmp_path)
     model = build_tiny_model_dir(tmp_path / "no_template", ["some text for a tokenizer"] * 20, vocab_size=300)

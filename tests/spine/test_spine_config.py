@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hpcadapt_merge.schedule import PAPER_SLERP_T
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 from spine_helpers import compose_cfg
@@ -16,11 +17,6 @@ from spine_helpers import compose_cfg
 from hpcadapt.config import ConfigError, validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
-PAPER_T = [
-    {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
-    {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
-    {"value": 0.5},
-]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -50,7 +46,7 @@ def test_mistral_orpo_slerp_carries_the_papers_settings():
     assert (cpt.learning_rate, cpt.lr_scheduler_type, cpt.warmup_ratio) == (2e-5, "cosine", 0.1)
     assert (cpt.num_train_epochs, cpt.max_length, cpt.global_batch_size, cpt.packing) == (5, 3072, 192, True)
     assert cfg.deepspeed.stage == 3 and cfg.deepspeed.gather_16bit_weights_on_model_save
-    assert cfg.merge.method == "slerp" and list(cfg.merge.t) == PAPER_T
+    assert cfg.merge.method == "slerp" and list(cfg.merge.t) == PAPER_SLERP_T
 
 
 def test_other_paper_experiments():

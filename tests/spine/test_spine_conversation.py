@@ -20,7 +20,7 @@ THREE_EXCHANGES = [
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    from hpcadapt.tiny import build_tokenizer
+    from hpcadapt.demo.tiny import build_tokenizer
 
     return build_tokenizer(["Varnite is a red alloy that melts at 1200 K. Is it strong? Yes, very."] * 50,
                            vocab_size=400)

@@ -13,7 +13,7 @@ import datasets
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from hpcadapt.tiny import build_model, build_tokenizer
+from hpcadapt.demo.tiny import build_model, build_tokenizer
 
 
 def test_packed_documents_do_not_attend_to_each_other(tmp_path):

@@ -88,7 +88,7 @@ def fake_hub_cache(cache: Path, repo_id: str, model_dir: Path, sha: str) -> None
 
 
 def test_hub_models_are_pinned_to_a_commit_that_enters_the_stage_hash(tmp_path, monkeypatch):
-    from hpcadapt.tiny import build_tiny_model_dir
+    from hpcadapt.demo.tiny import build_tiny_model_dir
 
     write_toy_domain(tmp_path)
     model = build_tiny_model_dir(tmp_path / "tiny", ["Varnite is a red alloy."] * 30, vocab_size=300)

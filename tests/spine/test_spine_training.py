@@ -34,7 +34,7 @@ def test_weights_stay_fp32_without_deepspeed_and_bf16_under_it(tmp_path):
     DeepSpeed's fp32 master copy the weights themselves must be fp32 (bf16 autocast computes)."""
     import torch
 
-    from hpcadapt.tiny import build_tiny_model_dir
+    from hpcadapt.demo.tiny import build_tiny_model_dir
 
     model_dir = build_tiny_model_dir(tmp_path / "m", ["some text"] * 20, vocab_size=300)
     bf16_env = Env(rank=0, world_size=1, cuda=False, bf16=True)
