@@ -232,6 +232,18 @@ class ClusterConfig:
     max_num_timeout: int = 3
     log_root: Optional[str] = None  # default: ${output_root}/slurm
     snapshot_code: bool = True
+    # Memory of one GPU in GiB (an 80 GB H100: 80). When set, planning refuses a training stage whose
+    # estimated memory per GPU (hpcadapt/estimate.py) exceeds it, naming changes that fit. None: no check.
+    gpu_memory_gb: Optional[float] = None
+    # Training tokens per second per GPU, for each stage's time estimate. None: what a finished training
+    # stage of the same graph measured (its manifest's metrics.speed), else no time estimate.
+    tokens_per_s_per_gpu: Optional[float] = None
+    # The Slurm time limit of a training job: 1.5 x the stage's time estimate + 15 min, at least 30 min,
+    # at most timeout_min. timeout_min as it is for a stage without an estimate, everywhere when
+    # estimate_time_limit is false, and never for stages named in stage_timeout_min (stage name ->
+    # minutes), which fix their own limit.
+    estimate_time_limit: bool = True
+    stage_timeout_min: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -5,14 +5,16 @@
 Local runs, Slurm submissions, Hydra sweeps and strategy grids all call `prepare`, so
 everything that can be wrong with the input (an unwritable output folder, data files and
 rows, model folders and chat templates, the attention kernel where stages will run, batch
-arithmetic) fails here, in seconds, before any stage starts or any job is queued.
+arithmetic, a training stage too large for the GPUs' memory) fails here, in seconds, before
+any stage starts or any job is queued. The estimates of memory and time per stage
+(hpcadapt/estimate.py) are made here too; they set the Slurm time limit of training jobs.
 Nothing here imports torch: it runs on login nodes.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from omegaconf import OmegaConf
 
 from hpcadapt import attention
 from hpcadapt.errors import HpcadaptError, ModelError
+from hpcadapt.estimate import StageEstimate, check_fits, estimate_graph
 from hpcadapt.graph import StageGraph, build_graph, describe
 from hpcadapt.grid import strategies_of
 from hpcadapt.plan import PipelinePlan, plan_pipeline
@@ -32,6 +35,12 @@ class Prepared:
     graph: StageGraph
     configs: list[Any]  # the validated configs the graph's pipelines come from (a sweep has several)
     dry_run: bool
+    # Training stages to run, by folder: memory and time estimates, and their jobs' Slurm time limit.
+    estimates: dict[Path, StageEstimate] = field(default_factory=dict)
+
+    @property
+    def time_limits(self) -> dict[Path, int]:
+        return {folder: e.time_limit_min for folder, e in self.estimates.items() if e.time_limit_min}
 
     @property
     def cluster(self) -> Any:
@@ -64,12 +73,26 @@ def prepare(configs: list[Any], name: str) -> Prepared:
     if len(plans) > 1:  # a grid or a sweep is one W&B group: its stages, shared ones once
         for stage in graph.ordered:
             stage.plan.spec.wandb["group"] = f"{name}-{graph.identity}"
+    estimates = estimate_graph(graph, first)
+    check_fits(estimates, first.cluster)  # before anything runs: a stage that cannot fit is refused
     check_environment(graph, first)
     if first.dry_run or first.verbose:
         print(describe(graph), flush=True)
+        print(describe_estimates(estimates, first.cluster), flush=True)
     else:
         print(describe(graph).splitlines()[0], flush=True)  # dry_run=true lists every stage
-    return Prepared(graph, configs, bool(first.dry_run))
+    return Prepared(graph, configs, bool(first.dry_run), estimates)
+
+
+def describe_estimates(estimates: dict[Path, StageEstimate], cluster: Any) -> str:
+    """The dry run's estimates of every training stage to run (hpcadapt/estimate.py)."""
+    if not estimates:
+        return "hpcadapt: no training stage to run, nothing to estimate"
+    memory = (f"checked against cluster.gpu_memory_gb={float(cluster.gpu_memory_gb):g}" if cluster.gpu_memory_gb
+              else "not checked: cluster.gpu_memory_gb is not set")
+    lines = [f"hpcadapt: estimates per training stage (memory per GPU in GiB, {memory}):"]
+    lines += [e.describe(cluster.gpu_memory_gb, cluster.kind == "slurm") for e in estimates.values()]
+    return "\n".join(lines)
 
 
 def check_writable(root: Path) -> None:

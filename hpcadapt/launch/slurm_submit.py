@@ -57,7 +57,7 @@ def submit_graph(prepared: Any, stage_module: str = "hpcadapt.worker") -> list[S
     warn_if_not_shared(cfg.cluster.nodes, [log_root, prepared.output_root])
     report = graph_record(prepared.graph, prepared.output_root)
     return submit_stages(prepared.graph, cfg.cluster, log_root, dry_run=prepared.dry_run, stage_module=stage_module,
-                         report=report)
+                         report=report, time_limits=prepared.time_limits)
 
 
 def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
@@ -69,9 +69,14 @@ def submit_plan(plan: Any, cluster: Any, log_root: Path, dry_run: bool = False,
 
 
 def submit_stages(graph: Any, cluster: Any, log_root: Path, dry_run: bool = False,
-                  stage_module: str = "hpcadapt.worker", report: dict | None = None) -> list[SubmissionRecord]:
+                  stage_module: str = "hpcadapt.worker", report: dict | None = None,
+                  time_limits: dict[Path, int] | None = None) -> list[SubmissionRecord]:
     """One job per unfinished stage, in waves by depth, each `afterok` on exactly the jobs that make
     its inputs; stages of one kind with the same inputs' jobs go out as one array.
+
+    `time_limits` (stage folder -> minutes) are the training jobs' time limits from their
+    estimates (hpcadapt/estimate.py, via `prepare`); an array asks for its longest stage's, and
+    a stage without one for cluster.timeout_min.
 
     A stage whose job from an earlier submission (any pipeline, grid or sweep on this output
     root) is still queued or running is not submitted again: its dependants wait on that job,
@@ -100,9 +105,11 @@ def submit_stages(graph: Any, cluster: Any, log_root: Path, dry_run: bool = Fals
                                                            str(plans[0].stage_dir))
                 continue
             folder = log_root / graph.name / plans[0].name
+            limits = [(time_limits or {}).get(p.stage_dir) for p in plans]
             executor = make_executor(cluster, folder, job_name=f"{graph.name}.{plans[0].name}",
                                      nprocs=plans[0].nprocs, snapshot=snapshot, kind=plans[0].kind,
-                                     dependency_job_ids=deps)
+                                     dependency_job_ids=deps,
+                                     timeout_min=max(limits) if all(limits) else None)
             executor.update_parameters(slurm_array_parallelism=int(cluster.array_parallelism))
             callables = [StageJob(str(p.spec_path), p.name, stage_module=stage_module) for p in plans]
             if dry_run:
@@ -215,9 +222,10 @@ class ReportJob:
 
 
 def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, dependency_job_ids: list[str],
-                  snapshot: Path | None, kind: str = "cpt"):
+                  snapshot: Path | None, kind: str = "cpt", timeout_min: int | None = None):
     """A submitit executor for one stage: all ranks for training, one task with the kind's own
-    resources for merge and eval."""
+    resources for merge and eval. `timeout_min`: a training job's time limit from its estimate
+    (else cluster.timeout_min)."""
     import submitit
 
     one_task = one_task_resources(cluster, kind)
@@ -228,7 +236,7 @@ def make_executor(cluster: Any, folder: Path, job_name: str, nprocs: int, depend
         extra["kill-on-invalid-dep"] = "yes"
     params: dict[str, Any] = {
         "name": job_name,
-        "timeout_min": int(one_task.timeout_min if one_task is not None else cluster.timeout_min),
+        "timeout_min": int(one_task.timeout_min if one_task is not None else timeout_min or cluster.timeout_min),
         "nodes": int(cluster.nodes) if multi else 1,
         "tasks_per_node": int(cluster.tasks_per_node) if multi else 1,
         "cpus_per_task": int(one_task.cpus_per_task if one_task is not None else cluster.cpus_per_task),
