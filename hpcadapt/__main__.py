@@ -41,7 +41,8 @@ def with_default_experiment(argv: list[str]) -> list[str]:
 
 
 def run(cfg) -> None:
-    """The Hydra task: validate, then run locally, submit to Slurm, or report status.
+    """The Hydra task: validate, then run or submit with the launcher of `cluster.kind`
+    (hpcadapt/launch/__init__.py), or report status.
 
     A config is one pipeline, or a grid of strategies (`+grid=...`); either is planned as one
     graph of unique stages by the preparation every launcher shares (hpcadapt/launch/prepare.py).
@@ -55,22 +56,10 @@ def run(cfg) -> None:
             from hpcadapt.launch.status import print_status
 
             print_status(cfg)
-        elif cfg.cluster.kind == "slurm":
-            from hpcadapt.launch.slurm_sweep import in_multirun
-
-            if in_multirun():  # the SweepToArrays callback submits every point at the end
-                print(
-                    f"hpcadapt: sweep point {cfg.pipeline.name} checked; submitted with the others when the sweep ends"
-                )
-                return
-            from hpcadapt.launch.prepare import graph_name, prepare
-            from hpcadapt.launch.slurm_submit import submit_graph
-
-            submit_graph(prepare([cfg], graph_name(cfg)))
         else:
-            from hpcadapt.launch.local import run_local
+            from hpcadapt.launch import launch
 
-            run_local(cfg)
+            launch(cfg)
     except HpcadaptError as e:
         print(f"\nhpcadapt: error: {e}", file=sys.stderr)
         sys.exit(2)

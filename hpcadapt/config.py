@@ -272,6 +272,9 @@ class MergeConfig:
 
     method: str = "slerp"
     t: Any = field(default_factory=lambda: copy.deepcopy(PAPER_SLERP_T))  # the paper's schedule
+    # The recipe's other parameters, as mergekit names them (weight, density, lambda, ...); `t`
+    # goes to methods that read it (the merger's registry says which).
+    parameters: Dict[str, Any] = field(default_factory=dict)
     dtype: str = "bfloat16"
     workers: Optional[int] = None
 
@@ -438,8 +441,10 @@ def validate(cfg: Any) -> None:
     if cfg.deepspeed.enabled and cfg.deepspeed.stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.stage must be 0-3, got {cfg.deepspeed.stage}")
     cl = cfg.cluster
-    if cl.kind not in ("local", "slurm"):
-        raise ConfigError(f"cluster.kind must be 'local' or 'slurm', got {cl.kind!r}")
+    from hpcadapt.launch import LAUNCHERS
+
+    if cl.kind not in LAUNCHERS:
+        raise ConfigError(f"cluster.kind must be one of {', '.join(LAUNCHERS)} (hpcadapt/launch/), got {cl.kind!r}")
     if cl.kind == "local" and cl.nprocs < 1:
         raise ConfigError(f"cluster.nprocs must be >= 1, got {cl.nprocs}")
     if cl.kind == "slurm":

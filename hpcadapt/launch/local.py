@@ -20,6 +20,11 @@ from hpcadapt.plan import write_specs
 from hpcadapt.stagedir import is_complete, read_manifest, stage_lock
 
 
+def launch(cfg: Any) -> None:
+    """The local launcher (hpcadapt/launch/__init__.py): every stage on this machine, in order."""
+    run_local(cfg)
+
+
 def run_local(cfg: Any):
     """Prepare and run one config's pipeline (or grid) here; returns its plan (a grid's: the graph)."""
     graph = run_configs([cfg], graph_name(cfg))

@@ -35,10 +35,18 @@ def merge_config(spec: StageSpec) -> dict[str, Any]:
         "base_model": base,
         "slices": [{"sources": [{"model": base, "layer_range": [0, layers]},
                                 {"model": other, "layer_range": [0, layers]}]}],
-        "parameters": {"t": m["t"]},
+        "parameters": merge_parameters(m),
         "dtype": m["dtype"],
         "tokenizer_source": "union" if grown else "base",
     }
+
+
+def merge_parameters(settings: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's parameters: `t` where the method reads it (SLERP), then merge.parameters."""
+    from hpcadapt_merge import methods
+
+    reads = {p.name for p in methods.get(settings["method"]).parameters}
+    return {**({"t": settings["t"]} if "t" in reads else {}), **(settings.get("parameters") or {})}
 
 
 def run(spec: StageSpec) -> dict[str, Any]:

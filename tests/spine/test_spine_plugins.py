@@ -1,8 +1,9 @@
-"""A stage kind of one's own: one recipe file that registers itself, one YAML, nothing else touched.
+"""A stage kind and a merge method of one's own: one file each that registers itself (and the
+stage's YAML), nothing else touched.
 
 The package lives in a temporary folder; the config names it in `plugins`, and a
 `--config-dir` adds its stage YAML. The stage is IPO (DPO's identity-preference loss), a
-preference method the paper did not use.
+preference method the paper did not use; the merge method is the parents' mean, scaled.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from spine_helpers import FAST, write_toy_domain
@@ -44,6 +46,20 @@ RECIPE = textwrap.dedent('''
                              train_dataset=dataset, processing_class=tokenizer)
         return {**training.train_and_save(trainer, tokenizer, spec, env, notes), "loss_type": args.loss_type}
 ''')
+MERGE_METHOD = textwrap.dedent('''
+    """The parents' mean times `scale`: a merge method registered in the merger's registry."""
+    from hpcadapt_merge import kernels, methods
+
+
+    def mean_job(job, out_fd, counts, extra):
+        scale = job.params["scale"]
+        kernels.elementwise(job, out_fd, counts, lambda chunks: sum(chunks) / len(chunks) * scale)
+        return {"name": job.name, "method": job.method}
+
+
+    methods.register(methods.MergeMethod("mean", kernel=mean_job, models=2,
+                                         parameters=(methods.Parameter("scale", 1.0, interval="(0, 2]"),)))
+''')
 STAGE_YAML = textwrap.dedent('''
     # IPO from a plugin: preference pairs, beta as the paper's DPO.
     kind: ipo
@@ -62,18 +78,35 @@ def test_a_new_preference_kind_is_one_file_and_one_yaml(tmp_path):
     package = tmp_path / "plugins"
     package.mkdir()
     (package / "ipo_stage.py").write_text(RECIPE)
+    (package / "mean_merge.py").write_text(MERGE_METHOD)
     (tmp_path / "conf" / "stage").mkdir(parents=True)
     (tmp_path / "conf" / "stage" / "ipo.yaml").write_text(STAGE_YAML)
     write_toy_domain(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{package}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run(
         [sys.executable, "-m", "hpcadapt", "--config-dir", str(tmp_path / "conf"), f"output_root={tmp_path}", *FAST,
-         "wandb.enabled=false", "plugins=[ipo_stage]", "+stage@stages.ipo=ipo", "stages.ipo.max_steps=3",
-         "pipeline.chain=[sft,ipo]"], env=env, capture_output=True, text=True, timeout=900)
+         "wandb.enabled=false", "plugins=[ipo_stage,mean_merge]", "+stage@stages.ipo=ipo", "stages.ipo.max_steps=3",
+         "pipeline.chain=[sft,ipo]", "pipeline.merge=true", "merge.method=mean", "+merge.parameters.scale=0.5"],
+        env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (manifest,) = [json.loads(p.read_text()) for p in tmp_path.glob("stages/ipo-*/manifest.json")]
     assert manifest["kind"] == "ipo" and manifest["metrics"]["loss_type"] == ["ipo"]  # TRL keeps a list
     assert manifest["metrics"]["steps"] == 3 and manifest["settings"]["beta"] == 0.1
+    # The merge: the Instruct model and the IPO stage's, averaged and halved, tensor by tensor.
+    from safetensors.torch import load_file
+
+    (merged,) = tmp_path.glob("stages/merge-*")
+    (ipo,) = tmp_path.glob("stages/ipo-*")
+    recipe = json.loads((merged / "manifest.json").read_text())["settings"]
+    assert recipe["method"] == "mean" and recipe["parameters"] == {"scale": 0.5}
+    def weights(folder: Path) -> dict:
+        return {k: v for shard in sorted(Path(folder).glob("*.safetensors")) for k, v in load_file(shard).items()}
+
+    instruct = weights(json.loads((merged / "spec.json").read_text())["base_model"])
+    tuned, out = weights(ipo), weights(merged)
+    assert set(out) == set(tuned)
+    for name, tensor in out.items():
+        assert (tensor - (instruct[name] + tuned[name]) / 2 * 0.5).abs().max() < 1e-6, name
 
 
 def test_settings_a_kind_does_not_read_are_refused_by_name():

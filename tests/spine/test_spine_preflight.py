@@ -170,5 +170,9 @@ def test_hub_datasets_must_be_pinned_or_cached(tmp_path, monkeypatch):
                                             r"not pinned"):
         plan_pipeline(compose_cfg(args))
     source = f"{{path: acme/papers, revision: {'c' * 40}}}"
+    with pytest.raises(HpcadaptError, match=r"hub dataset acme/papers@cccccccccccc is not in the local cache .* "
+                                            r"Prefetch it"):
+        plan_pipeline(compose_cfg([*args[:-1], f"data.mixes.cpt.sources=[{source}]"]))
+    (tmp_path / "hub" / "datasets--acme--papers" / "snapshots" / ("c" * 40)).mkdir(parents=True)  # prefetched
     pinned = plan_pipeline(compose_cfg([*args[:-1], f"data.mixes.cpt.sources=[{source}]"]))
     assert pinned.stage("cpt").spec.inputs["data"][0]["identity"] == f"hub:acme/papers@{'c' * 40}"
