@@ -367,7 +367,7 @@ class Config:
     data_root: str = "data"  # where local copies of datasets live (conf/config.yaml: $HPCADAPT_DATA)
     verbose: bool = False  # show every stage's full output (libraries, W&B, progress bars), not only hpcadapt's
     # Threads of each stage process (torch intra-op). Set it and a CPU run's numbers no longer
-    # depend on the machine's core count or OMP_NUM_THREADS (the demo sets 2); None: torch's default.
+    # depend on the machine's core count or OMP_NUM_THREADS (the demo sets 1); None: torch's default.
     threads: Optional[int] = None
     dry_run: bool = False  # print the plan (and Slurm scripts) without running anything
     status: bool = False  # show each stage's state instead of running
