@@ -53,7 +53,9 @@ BARE_SCRIPT = textwrap.dedent('''
 def timed(cmd: list[str]) -> tuple[float, str]:
     """The command's wall time and its standard output."""
     started = time.perf_counter()
-    out = subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-3000:]}")
     return time.perf_counter() - started, out.stdout
 
 
