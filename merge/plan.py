@@ -24,10 +24,10 @@ from . import methods
 from .checkpoint import CONFIG_DTYPE_NAMES, DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
 from .config import ConfigError, MergeConfig, ModelSpec
 from .schedule import depth_position, filters_of, resolve_value
+from .tokenizer import compare_tokenizers
 
 DEFAULT_SHARD_SIZE = 5_000_000_000
 _VOCAB_HINTS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,7 @@ def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> 
             vocab_rows.setdefault(base_path, a.shape[0])
             vocab_rows.setdefault(path, b.shape[0])
     if not vocab_rows:
-        for path in checkpoints:
-            if path != base_path:
-                _check_tokenizers(base_path, path)
+        compare_tokenizers(list(checkpoints), appended=False)
         return num_layers, None
     return num_layers, _vocab_union(config, checkpoints, vocab_rows)
 
@@ -190,71 +188,8 @@ def _vocab_union(config: MergeConfig, checkpoints: dict[Path, Checkpoint], seen:
         listing = ", ".join(f"{p} has {n}" for p, n in rows.items())
         raise CheckpointError(f"tokenizer_source: union merges parents with two vocabulary sizes (one grown by appended tokens); {listing} rows")
     small, large = sizes
-    order = _source_order(config)
-    donor = next(p for p in order if rows[p] == large)
-    reference = next(p for p in order if rows[p] == small)
-    vocab_small, vocab_large = _token_ids(reference), _token_ids(donor)
-    for path in checkpoints:
-        same_size = donor if rows[path] == large else reference
-        if path != same_size:
-            _check_tokenizers(same_size, path)
-    for token, index in vocab_small.items():
-        if vocab_large.get(token) != index:
-            raise CheckpointError(f"tokenizers differ: {reference / 'tokenizer.json'} has {token!r} at id {index} but "
-                                  f"{donor / 'tokenizer.json'} has it at {vocab_large.get(token)}; union merges only "
-                                  "vocabularies that differ by appended tokens")
-    if max(vocab_small.values(), default=-1) >= small:
-        raise CheckpointError(f"{reference / 'tokenizer.json'}: token ids up to {max(vocab_small.values())} but the "
-                              f"embeddings have {small} rows")
-    added = sorted((index, token) for token, index in vocab_large.items() if token not in vocab_small)
-    if any(index < small or index >= large for index, _ in added):
-        bad = next((i, t) for i, t in added if i < small or i >= large)
-        raise CheckpointError(f"tokenizers differ: {donor / 'tokenizer.json'} adds {bad[1]!r} at id {bad[0]}, not in the "
-                              f"appended rows [{small}, {large}); union merges only vocabularies grown by appended tokens")
-    model_a, model_b = _tokenizer_model(reference), _tokenizer_model(donor)
-    if model_a != model_b:
-        raise CheckpointError(f"tokenizers differ: {reference / 'tokenizer.json'} and {donor / 'tokenizer.json'} have "
-                              "different merges or model settings; union merges only vocabularies grown by appended tokens")
-    return VocabUnion(rows=small, extra=large - small, donor=donor, added_tokens=tuple(t for _, t in added))
-
-
-def _token_ids(folder: Path) -> dict[str, int]:
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; tokenizer_source: union needs each parent's tokenizer.json to check "
-                              "that one vocabulary only appends tokens to the other")
-    data = json.loads(path.read_text())
-    ids = dict(data.get("model", {}).get("vocab") or {})
-    for token in data.get("added_tokens", []):
-        ids[token.get("content")] = token.get("id")
-    return ids
-
-
-def _tokenizer_model(folder: Path) -> str:
-    model = dict(json.loads((folder / "tokenizer.json").read_text()).get("model", {}))
-    model.pop("vocab", None)
-    return json.dumps(model, sort_keys=True)
-
-
-def _check_tokenizers(path_a: Path, path_b: Path) -> None:
-    """Parents must tokenize identically, else merged embeddings mean different tokens."""
-    for filename in _TOKENIZER_FILES:
-        file_a, file_b = path_a / filename, path_b / filename
-        if not (file_a.is_file() and file_b.is_file()):
-            continue
-        if filename == "tokenizer.json":
-            same = _tokenizer_identity(file_a) == _tokenizer_identity(file_b)
-        else:
-            same = file_a.read_bytes() == file_b.read_bytes()
-        if not same:
-            raise CheckpointError(f"tokenizers differ: {file_a} and {file_b} define different vocabularies; merge parents must share one tokenizer")
-
-
-def _tokenizer_identity(path: Path) -> tuple:
-    data = json.loads(path.read_text())
-    model = data.get("model", {})
-    added = sorted((t.get("id"), t.get("content")) for t in data.get("added_tokens", []))
-    return json.dumps(model.get("vocab"), sort_keys=True), json.dumps(model.get("merges")), added
+    match = compare_tokenizers(_source_order(config), sizes=rows)
+    return VocabUnion(rows=small, extra=large - small, donor=match.donor, added_tokens=match.added_tokens)
 
 
 def _check_filters(config: MergeConfig, base: Checkpoint) -> None:

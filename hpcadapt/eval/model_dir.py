@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcadapt.errors import HpcadaptError
+
+if TYPE_CHECKING:
+    from hpcadapt_merge.tokenizer import TokenizerMatch
 
 
 class ModelDirError(HpcadaptError, ValueError):
@@ -51,38 +55,24 @@ def chat_template_of(folder: Path) -> str | None:
     return None
 
 
-def tokenizer_vocabulary(folder: str | Path) -> dict[str, int] | None:
-    """token -> id over the whole vocabulary (added tokens included), from tokenizer.json."""
-    tokenizer_json = Path(folder) / "tokenizer.json"
-    if not tokenizer_json.is_file():
-        return None
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    vocab = dict(data.get("model", {}).get("vocab") or {})
-    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
-    return vocab
-
-
-def check_same_tokenizer(dirs: dict[str, str | Path]) -> None:
+def check_same_tokenizer(dirs: dict[str, str | Path]) -> TokenizerMatch:
     """Raise unless the named model folders tokenize text alike (merge parents and merges must).
 
-    A vocabulary grown only by appended tokens (a pad token added during training) still
-    tokenizes every text the same way, so it counts as the same tokenizer."""
+    The merger's rule decides (hpcadapt_merge.tokenizer.compare_tokenizers): a vocabulary grown only by
+    appended tokens (a pad token added during training) still tokenizes every text the same way, so it
+    counts as the same tokenizer. Returns the merger's verdict (exact, or which folder is the larger)."""
+    from hpcadapt_merge.checkpoint import CheckpointError
+    from hpcadapt_merge.tokenizer import compare_tokenizers
+
     folders = {name: check_model_dir(path, name) for name, path in dirs.items()}
-    vocabularies = {name: tokenizer_vocabulary(folder) for name, folder in folders.items()}
-    if any(v is None for v in vocabularies.values()):  # sentencepiece files only: compare them byte for byte
-        files = {name: (folder / "tokenizer.model").read_bytes() for name, folder in folders.items()}
-        same = len(set(files.values())) == 1
-    else:
-        smallest = min(vocabularies.values(), key=len)
-        same = all(all(v.get(token) == i for token, i in smallest.items()) and
-                   all(i >= len(smallest) for token, i in v.items() if token not in smallest)
-                   for v in vocabularies.values())
-    if not same:
+    try:
+        return compare_tokenizers(list(folders.values()), require=True)
+    except CheckpointError as e:
         detail = ", ".join(f"{name}={Path(dirs[name])}" for name in folders)
         raise ModelDirError(
             f"models have different tokenizers ({detail}): a merge and its parents must share one "
-            "vocabulary, or their scores are not comparable"
-        )
+            f"vocabulary, or their scores are not comparable; {e}"
+        ) from None
 
 
 def num_layers_of(folder: str | Path) -> int:

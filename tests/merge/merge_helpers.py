@@ -9,6 +9,9 @@ from pathlib import Path
 
 from hpcadapt_merge.schedule import PAPER_SLERP_T
 
+NEW_TOKEN = "<|newtok|>"
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
 
 def derive_model(src: Path, dst: Path, noise: float, seed: int, dtype: str = "bfloat16") -> Path:
     """Copy a model folder, rewriting its weights as `dtype` plus relative Gaussian noise."""
@@ -39,6 +42,30 @@ def random_mistral(folder: Path, hidden: int, intermediate: int, layers: int) ->
     texts = [f"steel grain boundary {i} fatigue crack silk protein fibre" for i in range(300)]
     return build_tiny_model_dir(folder, texts, arch="mistral", vocab_size=320,
                                 shape=TinyShape(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers), seed=0)
+
+
+def grow_vocabulary(src: Path, dst: Path, tokens=(NEW_TOKEN,), seed: int = 5) -> Path:
+    """A copy of `src` with `tokens` appended to its tokenizer and one new row per token in its
+    embeddings and output layer (as resize_token_embeddings leaves them), and its own chat template."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer
+
+    shutil.copytree(src, dst)
+    tokenizer = Tokenizer.from_file(str(dst / "tokenizer.json"))
+    assert tokenizer.add_tokens(list(tokens)) == len(tokens)
+    tokenizer.save(str(dst / "tokenizer.json"))
+    state = load_file(dst / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    for name in VOCAB_TENSORS:
+        extra = 0.02 * torch.randn(len(tokens), state[name].shape[1], generator=generator)
+        state[name] = torch.cat([state[name], extra.to(state[name].dtype)]).contiguous()
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((dst / "config.json").read_text())
+    config["vocab_size"] += len(tokens)
+    (dst / "config.json").write_text(json.dumps(config))
+    (dst / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    return dst
 
 
 def slerp_config(models, t=None, **extra) -> dict:

@@ -4,40 +4,15 @@ the output's vocabulary is the larger one and its chat template and generation c
 Any other vocabulary difference is refused, naming both files."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from merge_helpers import load_tensors, slerp_config
-from safetensors.torch import load_file, save_file
+from merge_helpers import NEW_TOKEN as NEW
+from merge_helpers import VOCAB_TENSORS as VOCAB
+from merge_helpers import grow_vocabulary, load_tensors, slerp_config
 
 from hpcadapt_merge import run_merge
 from hpcadapt_merge.checkpoint import CheckpointError
-
-NEW = "<|newtok|>"
-VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
-
-
-def grow_vocabulary(src, dst, tokens=(NEW,), seed=5):
-    """A copy of `src` with `tokens` appended to its tokenizer and one new row per token in its
-    embeddings and output layer (as resize_token_embeddings leaves them), and its own chat template."""
-    from tokenizers import Tokenizer
-
-    shutil.copytree(src, dst)
-    tokenizer = Tokenizer.from_file(str(dst / "tokenizer.json"))
-    assert tokenizer.add_tokens(list(tokens)) == len(tokens)
-    tokenizer.save(str(dst / "tokenizer.json"))
-    state = load_file(dst / "model.safetensors")
-    generator = torch.Generator().manual_seed(seed)
-    for name in VOCAB:
-        extra = 0.02 * torch.randn(len(tokens), state[name].shape[1], generator=generator)
-        state[name] = torch.cat([state[name], extra.to(state[name].dtype)]).contiguous()
-    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((dst / "config.json").read_text())
-    config["vocab_size"] += len(tokens)
-    (dst / "config.json").write_text(json.dumps(config))
-    (dst / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
-    return dst
 
 
 @pytest.fixture(scope="module")
