@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from .engine import MergeSummary
 
 
-def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True, **options) -> "MergeSummary":
+def run_merge(config, out_dir, *, workers: int | None = None, force: bool = False, progress: bool = True,
+              **options) -> MergeSummary:
     """Merge as described by a mergekit-style dict or YAML path into `out_dir`.
 
     Extra option: `shard_size` (bytes per output shard). See engine.run_merge.

@@ -43,7 +43,7 @@ class TensorInfo:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def rows(self, start: int, stop: int) -> "TensorInfo":
+    def rows(self, start: int, stop: int) -> TensorInfo:
         """Rows [start, stop) of the first dimension, as a tensor of its own (a contiguous byte range)."""
         row_bytes = self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
         return TensorInfo(self.name, self.dtype, (stop - start, *self.shape[1:]), self.file,
@@ -114,11 +114,13 @@ def _read_tensors(path: Path, digests: dict[str, str]) -> dict[str, TensorInfo]:
             found, digests[shard_name] = read_header(shard, with_digest=True)
             for name, info in found.items():
                 if name in tensors:
-                    raise CheckpointError(f"{shard}: duplicate tensor name {name!r}: it is also in {tensors[name].file.name}")
+                    raise CheckpointError(f"{shard}: duplicate tensor name {name!r}: "
+                                          f"it is also in {tensors[name].file.name}")
                 tensors[name] = info
         for name, shard_name in weight_map.items():
             if name not in tensors or tensors[name].file.name != shard_name:
-                raise CheckpointError(f"{index_file}: tensor {name!r} is mapped to {shard_name} but that shard does not contain it")
+                raise CheckpointError(f"{index_file}: tensor {name!r} is mapped to {shard_name} "
+                                      "but that shard does not contain it")
         for name, info in tensors.items():
             if name not in weight_map:
                 raise CheckpointError(f"{index_file}: tensor {name!r} is in {info.file.name} but has no index entry")
@@ -129,7 +131,8 @@ def _read_tensors(path: Path, digests: dict[str, str]) -> dict[str, TensorInfo]:
     pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     if pickles:
         raise CheckpointError(
-            f"{path}: only pickled weights ({', '.join(pickles[:3])}); they are never loaded here because unpickling runs code. "
+            f"{path}: only pickled weights ({', '.join(pickles[:3])}); "
+            "they are never loaded here because unpickling runs code. "
             "Convert them once to safetensors in a trusted environment, e.g. "
             "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)"
         )
@@ -160,10 +163,12 @@ def read_header(shard: Path, with_digest: bool = False):
     with open(shard, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{shard}: corrupt safetensors header (file is {size} bytes, shorter than the length prefix)")
+            raise CheckpointError(f"{shard}: corrupt safetensors header "
+                                  f"(file is {size} bytes, shorter than the length prefix)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{shard}: corrupt safetensors header (declared length {header_len} exceeds the file)")
+            raise CheckpointError(f"{shard}: corrupt safetensors header "
+                                  f"(declared length {header_len} exceeds the file)")
         raw = handle.read(header_len)
     try:
         header = json.loads(raw, object_pairs_hook=_unique_keys(shard))
@@ -173,8 +178,10 @@ def read_header(shard: Path, with_digest: bool = False):
         raise CheckpointError(f"{shard}: corrupt safetensors header (not a JSON object)")
     metadata = header.get("__metadata__")
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
-        bad = next((k for k, v in metadata.items() if not isinstance(v, str)), None) if isinstance(metadata, dict) else None
-        what = f"key {bad!r} has a {type(metadata[bad]).__name__} value" if bad is not None else f"it is a {type(metadata).__name__}"
+        bad = (next((k for k, v in metadata.items() if not isinstance(v, str)), None)
+               if isinstance(metadata, dict) else None)
+        what = (f"key {bad!r} has a {type(metadata[bad]).__name__} value" if bad is not None
+                else f"it is a {type(metadata).__name__}")
         raise CheckpointError(f"{shard}: header __metadata__ must map strings to strings, but {what}")
     data_start = 8 + header_len
     tensors = {}
@@ -233,8 +240,8 @@ def _check_tiling(shard: Path, spans: list, data_start: int, size: int) -> None:
         raise CheckpointError(f"{shard}: truncated — tensor {previous!r} ends at byte {data_start + position} "
                               f"but the file has {size} bytes")
     if position < data_size:
-        raise CheckpointError(f"{shard}: {data_size - position} bytes after the last tensor ({previous!r}) are not covered "
-                              "by any tensor's data_offsets")
+        raise CheckpointError(f"{shard}: {data_size - position} bytes after the last tensor ({previous!r}) "
+                              "are not covered by any tensor's data_offsets")
 
 
 def file_identity(path: Path, tensors: list[TensorInfo] | None = None) -> list:

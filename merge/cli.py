@@ -20,23 +20,30 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpcadapt-merge", description="Merge two or more safetensors checkpoints (mergekit-style YAML).")
+    parser = argparse.ArgumentParser(prog="hpcadapt-merge",
+                                     description="Merge two or more safetensors checkpoints (mergekit-style YAML).")
     parser.add_argument("config", help="mergekit-style YAML recipe")
     parser.add_argument("out", nargs="?", help="output model folder (created atomically)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--plan", action="store_true", help="dry run: print per tensor the method, t, sources and output shard")
+    parser.add_argument("--plan", action="store_true",
+                        help="dry run: print per tensor the method, t, sources and output shard")
     parser.add_argument("--plot-schedule", metavar="PNG", help="draw the t schedule over depth into this PNG")
     parser.add_argument("--out-shard-size", default="5GB", help="maximum output shard size (default 5GB)")
     parser.add_argument("--precise", action="store_true",
-                        help="linear, task arithmetic, TIES, DARE: keep intermediates in float32 instead of rounding each step to the recipe's dtype as mergekit does")
+                        help="linear, task arithmetic, TIES, DARE: keep intermediates in float32 instead of rounding "
+                             "each step to the recipe's dtype as mergekit does")
     parser.add_argument("--mergekit-sort", action="store_true",
-                        help="TIES: among equal magnitudes at the density cut keep the ones torch's sort puts first, as mergekit does "
-                             "(holds each tensor's |delta| and its sort indices: ~16 bytes per element); default: the first by position")
+                        help="TIES: among equal magnitudes at the density cut keep the ones torch's sort puts first, "
+                             "as mergekit does (holds each tensor's |delta| and its sort indices: ~16 bytes per "
+                             "element); default: the first by position")
     parser.add_argument("--random-seed", type=int, default=None, metavar="N",
-                        help="DARE's seed (default 0); the same N as mergekit-yaml --random-seed N gives the same masks")
-    parser.add_argument("--no-fsync", action="store_true", help="publish without waiting for the output to reach the disk")
-    parser.add_argument("--fail-on-nonfinite", action="store_true", help="a NaN or Inf in any input or output is an error; nothing is published")
+                        help="DARE's seed (default 0); the same N as mergekit-yaml --random-seed N gives the same "
+                             "masks")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="publish without waiting for the output to reach the disk")
+    parser.add_argument("--fail-on-nonfinite", action="store_true",
+                        help="a NaN or Inf in any input or output is an error; nothing is published")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -73,7 +80,8 @@ def _run(args) -> int:
 
     shard_size = parse_size(args.out_shard_size)
     if args.plan or args.plot_schedule:
-        plan = build_plan(load_config(args.config), shard_size=shard_size, precise=args.precise, mergekit_sort=args.mergekit_sort)
+        plan = build_plan(load_config(args.config), shard_size=shard_size, precise=args.precise,
+                          mergekit_sort=args.mergekit_sort)
         if args.plan:
             print(format_plan(plan))
         if args.plot_schedule:
@@ -90,8 +98,8 @@ def _run(args) -> int:
     from .engine import run_merge
 
     run_merge(args.config, args.out, workers=args.workers, force=args.force, progress=not args.no_progress,
-              shard_size=shard_size, precise=args.precise, mergekit_sort=args.mergekit_sort, random_seed=args.random_seed,
-              fsync=not args.no_fsync, fail_on_nonfinite=args.fail_on_nonfinite)
+              shard_size=shard_size, precise=args.precise, mergekit_sort=args.mergekit_sort,
+              random_seed=args.random_seed, fsync=not args.no_fsync, fail_on_nonfinite=args.fail_on_nonfinite)
     return 0
 
 

@@ -65,8 +65,8 @@ def agreement(ours: Path, theirs: Path) -> dict:
         if not bool(equal.all()):
             differing[name] = ~equal
             worst = max(worst, int(ulps.max()))
-    return {"elements": total, "identical_fraction": identical / max(total, 1), "within_one_ulp": within / max(total, 1),
-            "max_ulp": worst, "differing": differing}
+    return {"elements": total, "identical_fraction": identical / max(total, 1),
+            "within_one_ulp": within / max(total, 1), "max_ulp": worst, "differing": differing}
 
 
 def linear_result(x, y, t: float, dtype):

@@ -15,7 +15,8 @@ from typing import Any
 from . import methods
 from .schedule import all_numbers
 
-TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "name", "chat_template", "tokenizer"}
+TOP_LEVEL_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
+                  "tokenizer_source", "name", "chat_template", "tokenizer"}
 DTYPES = {"bfloat16", "float16", "float32", "float64"}
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
@@ -90,7 +91,8 @@ def load_config(config: dict | str | Path) -> MergeConfig:
 def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
     unknown = set(raw) - TOP_LEVEL_KEYS
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))} "
+                          f"(known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     try:
         spec = methods.get(raw.get("merge_method"))
     except methods.UnknownMethod as error:
@@ -108,13 +110,16 @@ def parse_config(raw: dict, config_dir: Path | None) -> MergeConfig:
     for where, given in (("parameters", parameters), ("slices[0].parameters", slice_parameters)):
         bad = set(given) - global_keys - model_keys
         if bad:
-            raise ConfigError(f"{where}: {method} takes no parameter(s) {', '.join(sorted(bad))} (it takes {', '.join(sorted(global_keys | model_keys)) or 'none'})")
+            takes = ", ".join(sorted(global_keys | model_keys)) or "none"
+            raise ConfigError(f"{where}: {method} takes no parameter(s) {', '.join(sorted(bad))} (it takes {takes})")
     for model in models:
         bad = set(model.parameters) - model_keys
         if bad:
             shared = bad & global_keys
-            hint = f" ({', '.join(sorted(shared))} applies to the whole merge: give it under the top-level parameters)" if shared else ""
-            raise ConfigError(f"model {model.path}: {method} takes no per-model parameter(s) {', '.join(sorted(bad))}{hint}")
+            hint = (f" ({', '.join(sorted(shared))} applies to the whole merge: give it under the top-level parameters)"
+                    if shared else "")
+            raise ConfigError(f"model {model.path}: {method} takes no per-model parameter(s) "
+                              f"{', '.join(sorted(bad))}{hint}")
     for dtype_key in ("dtype", "out_dtype"):
         if raw.get(dtype_key) is not None and raw[dtype_key] not in DTYPES:
             raise ConfigError(f"{dtype_key}: {raw[dtype_key]!r} is not one of {', '.join(sorted(DTYPES))}")
@@ -139,7 +144,8 @@ def _parse_models(raw: dict, config_dir: Path | None) -> tuple[list[ModelSpec], 
     if "slices" in raw:
         slices = raw["slices"]
         if not isinstance(slices, list) or len(slices) != 1:
-            raise ConfigError("slices: exactly one slice covering all layers is supported (layer stacking is not a merge)")
+            raise ConfigError("slices: exactly one slice covering all layers is supported "
+                              "(layer stacking is not a merge)")
         sources = slices[0].get("sources") if isinstance(slices[0], dict) else None
         if not isinstance(sources, list) or not sources:
             raise ConfigError("slices[0].sources must be a non-empty list of {model, layer_range}")
@@ -159,13 +165,15 @@ def _parse_models(raw: dict, config_dir: Path | None) -> tuple[list[ModelSpec], 
             raise ConfigError(f"model entry {i} needs a 'model' key, got {entry!r}")
         layer_range = entry.get("layer_range")
         if layer_range is not None:
-            if not (isinstance(layer_range, list) and len(layer_range) == 2 and all(isinstance(x, int) for x in layer_range)):
+            pair = isinstance(layer_range, list) and len(layer_range) == 2
+            if not (pair and all(isinstance(x, int) for x in layer_range)):
                 raise ConfigError(f"model entry {i}: layer_range must be [start, end], got {layer_range!r}")
             layer_range = tuple(layer_range)
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ConfigError(f"model entry {i}: parameters must be a mapping, got {parameters!r}")
-        models.append(ModelSpec(resolve_model_path(entry["model"], config_dir, f"model entry {i}"), dict(parameters), layer_range))
+        path = resolve_model_path(entry["model"], config_dir, f"model entry {i}")
+        models.append(ModelSpec(path, dict(parameters), layer_range))
     return models, slice_parameters
 
 
@@ -185,9 +193,11 @@ def _check_method_shape(config: MergeConfig, method: methods.MergeMethod) -> Non
     if method.base is None and config.base is not None and config.base not in listed:
         required = [p.name for p in method.per_model if p.required]
         needing = f" (needing a {' and a '.join(required)})" if required else ""
-        raise ConfigError(f"{name}: base_model is not among the models; mergekit would add it as one more input{needing}, "
-                          f"so list it under models{' with its ' + ' and '.join(required) if required else ''}, or drop base_model")
-    if method.models is not None and (len(config.parents) != method.models or (method.base and config.base not in listed)):
+        with_its = " with its " + " and ".join(required) if required else ""
+        raise ConfigError(f"{name}: base_model is not among the models; mergekit would add it as one more "
+                          f"input{needing}, so list it under models{with_its}, or drop base_model")
+    base_unlisted = method.base and config.base not in listed
+    if method.models is not None and (len(config.parents) != method.models or base_unlisted):
         count = _NUMBER_WORDS.get(method.models, method.models)
         one_base = ", one of them base_model" if method.base else ""
         raise ConfigError(f"{name} merges exactly {count} models{one_base}; got {', '.join(map(str, config.parents))}")
@@ -199,7 +209,8 @@ def _check_method_shape(config: MergeConfig, method: methods.MergeMethod) -> Non
     shared_scopes = (config.parameters, config.slice_parameters)
     for parameter in method.shared:
         if parameter.required and not any(parameter.name in scope for scope in shared_scopes):
-            raise ConfigError(f"{name} needs parameters.{parameter.name} (a number, a gradient list, or filter entries)")
+            raise ConfigError(f"{name} needs parameters.{parameter.name} "
+                              "(a number, a gradient list, or filter entries)")
         for value in all_numbers([scope.get(parameter.name, []) for scope in shared_scopes]):
             if not parameter.accepts(value):
                 raise ConfigError(f"parameters.{parameter.name}: {value} is outside {parameter.interval}")
@@ -207,11 +218,13 @@ def _check_method_shape(config: MergeConfig, method: methods.MergeMethod) -> Non
         scopes = (model.parameters, config.slice_parameters, config.parameters)
         for parameter in method.per_model:
             if parameter.required and not any(parameter.name in scope for scope in scopes):
-                raise ConfigError(f"model {model.path}: {name} needs parameter '{parameter.name}' (mergekit has no default for it either)")
+                raise ConfigError(f"model {model.path}: {name} needs parameter '{parameter.name}' "
+                                  "(mergekit has no default for it either)")
             for scope in scopes:
                 for value in all_numbers(scope.get(parameter.name, [])):
                     if not parameter.accepts(value):
-                        raise ConfigError(f"model {model.path}: {parameter.name} {value} is outside {parameter.interval}")
+                        raise ConfigError(f"model {model.path}: {parameter.name} {value} "
+                                          f"is outside {parameter.interval}")
 
 
 def resolve_model_path(value: Any, config_dir: Path | None, what: str) -> Path:
@@ -219,7 +232,10 @@ def resolve_model_path(value: Any, config_dir: Path | None, what: str) -> Path:
     if not isinstance(value, (str, Path)):
         raise ConfigError(f"{what}: expected a path, got {value!r}")
     text = str(value)
-    candidates = [Path(text)] if Path(text).is_absolute() else [c for c in ((config_dir / text) if config_dir else None, Path.cwd() / text) if c]
+    if Path(text).is_absolute():
+        candidates = [Path(text)]
+    else:
+        candidates = [c for c in ((config_dir / text) if config_dir else None, Path.cwd() / text) if c]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()

@@ -60,9 +60,11 @@ class MergeSummary:
         return (self.bytes + self.bytes_read) / 1e9 / max(self.seconds, 1e-9)
 
     def describe(self) -> str:
-        return (f"merged {self.tensors} tensors ({self.bytes / 1e9:.2f} GB written, {self.bytes_read / 1e9:.2f} GB read) "
+        return (f"merged {self.tensors} tensors ({self.bytes / 1e9:.2f} GB written, "
+                f"{self.bytes_read / 1e9:.2f} GB read) "
                 f"in {self.seconds:.2f} s = {self.gb_per_s:.2f} GB/s with {self.workers} worker(s); "
-                f"peak RSS {self.peak_rss / 2**20:.0f} MiB per process, {self.peak_rss_total / 2**20:.0f} MiB all processes"
+                f"peak RSS {self.peak_rss / 2**20:.0f} MiB per process, "
+                f"{self.peak_rss_total / 2**20:.0f} MiB all processes"
                 + (f"; resumed {self.resumed_tensors} finished tensors" if self.resumed_tensors else "")
                 + (f"; branches {self.branch_counts}" if self.branch_counts else "")
                 + (f"\n{describe_nonfinite(self.nonfinite)}" if self.nonfinite else ""))
@@ -137,7 +139,8 @@ def _check_out_dir(plan: MergePlan, out_dir: Path) -> None:
         if out == real:
             raise MergeError(f"the output folder {out_dir} is the input model {folder}; choose another output folder")
         if real in out.parents:
-            raise MergeError(f"the output folder {out_dir} is inside the input model {folder}; choose a folder outside it")
+            raise MergeError(f"the output folder {out_dir} is inside the input model {folder}; "
+                             "choose a folder outside it")
         if out in real.parents:
             raise MergeError(f"the input model {folder} is inside the output folder {out_dir}; replacing the output "
                              "would delete it — choose another output folder")
@@ -200,7 +203,8 @@ def _prepare_staging(staging: Path, plan: MergePlan, fingerprint: str, progress:
         _say(progress, f"resuming: {len(done)} of {len(plan.jobs)} tensors already finished in {staging}")
         return done
     if marker.is_file():
-        _say(progress, f"{staging} holds an interrupted merge of another recipe or of inputs that changed since; starting afresh")
+        _say(progress, f"{staging} holds an interrupted merge of another recipe or of inputs that changed since; "
+                       "starting afresh")
     for entry in staging.iterdir():
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for name, header, size in zip(plan.shard_names, plan.shard_headers, plan.shard_sizes):
@@ -253,7 +257,8 @@ def _dispatch(plan: MergePlan, todo: list[TensorJob]):
 
     draws = method.draws_function()
     wanted = {job.name for job in todo}
-    legacy = np.random.RandomState(plan.options["random_seed"] & 0xFFFFFFFF).get_state()  # as torch.manual_seed seeds mt19937
+    # as torch.manual_seed seeds mt19937
+    legacy = np.random.RandomState(plan.options["random_seed"] & 0xFFFFFFFF).get_state()
     stream = np.random.MT19937()
     stream.state = {"bit_generator": "MT19937", "state": {"key": legacy[1], "pos": legacy[2]}}
     for job in plan.jobs:
@@ -269,7 +274,8 @@ def _dispatch(plan: MergePlan, todo: list[TensorJob]):
             yield job, {"rng": states}
 
 
-def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool, fsync: bool, resumed_bytes: int) -> int:
+def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool, fsync: bool,
+             resumed_bytes: int) -> int:
     from tqdm import tqdm
 
     out_paths = [str(staging / name) for name in plan.shard_names]
@@ -298,7 +304,8 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
                     _test_delay()
                     finished(job, kernels.run_job(job, out_paths, extra))
             else:
-                _Workers(plan.jobs, out_paths, workers, staging).run(_dispatch(plan, todo), finished, sampler, len(done))
+                _Workers(plan.jobs, out_paths, workers, staging).run(_dispatch(plan, todo), finished, sampler,
+                                                                     len(done))
         finally:
             gc.unfreeze()
             if workers == 1:
@@ -361,8 +368,8 @@ class _Workers:
                         except (EOFError, OSError):
                             self._died(worker, busy[worker], completed)
                         if status == "error":
-                            raise MergeError(f"tensor {busy[worker].name!r}: {payload}; the {completed} finished tensors "
-                                             f"are kept in {self.staging}")
+                            raise MergeError(f"tensor {busy[worker].name!r}: {payload}; "
+                                             f"the {completed} finished tensors are kept in {self.staging}")
                         job = busy.pop(worker)
                         finished(job, payload)
                         completed += 1
@@ -505,8 +512,10 @@ def plan_fingerprint(plan: MergePlan) -> str:
         "recipe": plan.config.raw,
         "options": plan.options,
         "parents": [str(p) for p in plan.config.parents],
-        "headers_in": {str(c.path / name): digest for c in plan.checkpoints.values() for name, digest in sorted(c.header_digests.items())},
-        "inputs": [file_identity(path, infos) for path, infos in sorted(by_file.items())] + [file_identity(p) for p in others],
+        "headers_in": {str(c.path / name): digest for c in plan.checkpoints.values()
+                       for name, digest in sorted(c.header_digests.items())},
+        "inputs": ([file_identity(path, infos) for path, infos in sorted(by_file.items())]
+                   + [file_identity(p) for p in others]),
         "jobs": [[j.name, j.method, j.params, j.out_dtype, j.shard, j.out_offset, list(j.shape)] for j in plan.jobs],
         "headers": [hashlib.sha256(h).hexdigest() for h in plan.shard_headers],
     }
@@ -565,7 +574,8 @@ def _summary(plan, out_dir, started, resumed, workers, peak_total, done) -> Merg
                         bytes_read=plan.read_bytes, tensors=len(plan.jobs), resumed_tensors=resumed, workers=workers,
                         peak_rss=max(own, children), peak_rss_total=max(peak_total or 0, own),
                         branch_counts={b: branches.count(b) for b in sorted(set(branches))},
-                        nonfinite={r["name"]: r["nonfinite"] for r in sorted(reports, key=lambda r: r["name"]) if r.get("nonfinite")})
+                        nonfinite={r["name"]: r["nonfinite"] for r in sorted(reports, key=lambda r: r["name"])
+                                   if r.get("nonfinite")})
 
 
 def _crash_point(label: str) -> None:

@@ -38,10 +38,14 @@ from .plan import TensorJob
 CHUNK = 1 << 18  # elements per chunk of the elementwise passes (a multiple of every SIMD width)
 MAP_WINDOW = 64 << 20  # bytes of one input tensor mapped at a time (SLERP: its passes reuse the window)
 SMALL_WINDOW = 16 << 20  # the same for the other methods, which map three or more inputs and make several passes
-WRITE_PIECE = 256 << 10  # bytes per pwrite: writers of one shard share its inode lock; big pieces made the other spin (sys time 2-4x)
-DECODED_BYTES = 4 << 20  # SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
-PIECE = 1 << 18  # elements SLERP decodes and computes at a time in its dot and output passes (1 MB of floats: stays in cache)
-FINITE_MAX = {"BF16": 3.3895313892515355e38, "F16": 65504.0, "F32": 3.4028234663852886e38, "F64": 1.7976931348623157e308}
+# bytes per pwrite: writers of one shard share its inode lock; big pieces made the other spin (sys time 2-4x)
+WRITE_PIECE = 256 << 10
+# SLERP keeps an input's decoded floats across passes up to this size (one chunk: stays in cache)
+DECODED_BYTES = 4 << 20
+# elements SLERP decodes and computes at a time in its dot and output passes (1 MB of floats: stays in cache)
+PIECE = 1 << 18
+FINITE_MAX = {"BF16": 3.3895313892515355e38, "F16": 65504.0, "F32": 3.4028234663852886e38,
+              "F64": 1.7976931348623157e308}
 
 _NUMPY_DTYPES = {"BF16": np.int16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 _TORCH_DTYPES: dict = {}  # filled by use_torch()
@@ -185,7 +189,8 @@ def slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | Non
     # Chunk norms go into one preallocated tensor: small results allocated between the chunks'
     # temporaries would pin those temporaries' memory until the tensor is done.
     norms = torch.empty((2, len(bounds), 1, 1), dtype=work)
-    direct = not cache and a.info.dtype == in_dtype and in_dtype in ("BF16", "F16")  # norms straight off the file's bytes
+    # norms straight off the file's bytes
+    direct = not cache and a.info.dtype == in_dtype and in_dtype in ("BF16", "F16")
     for i, (lo, hi) in enumerate(bounds):
         if direct:
             slerp.chunk_norm(a.tensor(lo, hi), work, out=norms[0, i])
@@ -252,7 +257,7 @@ def slerp_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | Non
 SAMPLE = 1 << 16  # elements of each input that _looks_linear reads
 
 
-def _looks_linear(a: "_Source", b: "_Source", in_dtype: str, work) -> bool:
+def _looks_linear(a: _Source, b: _Source, in_dtype: str, work) -> bool:
     """Whether the first SAMPLE elements of the two tensors are nearly colinear (|cosine| above
     SLERP's threshold, in float64): a cheap guess at the branch, for speculation only."""
     torch = use_torch()
@@ -268,7 +273,7 @@ def _json_float(value: float):
     return value if math.isfinite(value) else None
 
 
-def _count_source(source: "_Source") -> int:
+def _count_source(source: _Source) -> int:
     total = 0
     for lo, hi in _chunks(source.numel):
         total += count_nonfinite(source.tensor(lo, hi))
@@ -283,7 +288,8 @@ class _Output:
         self.job, self.fd = job, fd
         size = max(slerp.CHUNK, CHUNK)
         self.rounded = _tensor_buffer(("round",), size, _TORCH_DTYPES[in_dtype])
-        self.final = self.rounded if job.out_dtype == in_dtype else _tensor_buffer(("final",), size, _TORCH_DTYPES[job.out_dtype])
+        self.final = (self.rounded if job.out_dtype == in_dtype
+                      else _tensor_buffer(("final",), size, _TORCH_DTYPES[job.out_dtype]))
 
     def write(self, start: int, values):
         """Write elements [start, start + n) of the result; returns them as written (output dtype)."""
@@ -299,7 +305,7 @@ class _Floats:
     """A source tensor as chunks of working floats: decoded once into a kept buffer when it fits
     DECODED_BYTES (chunks then come from there in every pass), else decoded again in each pass."""
 
-    def __init__(self, source: "_Source", in_dtype: str, work, cache: bool):
+    def __init__(self, source: _Source, in_dtype: str, work, cache: bool):
         self.source, self.in_dtype, self.work, self.cache = source, in_dtype, work, cache
         size = source.numel if cache else slerp.CHUNK
         self.buffer = _tensor_buffer(("floats", source.slot, cache), size, work)
@@ -356,7 +362,8 @@ def elementwise(job: TensorJob, out_fd: int, counts: _Nonfinite, combine, precis
 
 def linear_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None = None) -> dict:
     p = job.params
-    elementwise(job, out_fd, counts, lambda xs: gta.linear_combine(xs, p["weights"], normalize=p["normalize"], precise=p["precise"]),
+    elementwise(job, out_fd, counts,
+                lambda xs: gta.linear_combine(xs, p["weights"], normalize=p["normalize"], precise=p["precise"]),
                 precise=p["precise"])
     return {"name": job.name, "method": "linear", "weights": p["weights"]}
 
@@ -368,7 +375,8 @@ class _Model:
     def __init__(self, index: int, job: TensorJob, mask_dtype, rng_state, sparsify: str | None):
         p = job.params
         self.index, self.density = index, p["densities"][index]
-        self.kind = sparsify if sparsify and self.density < 1 else None  # density 1: mergekit returns δ untouched (no draws)
+        # density 1: mergekit returns δ untouched (no draws)
+        self.kind = sparsify if sparsify and self.density < 1 else None
         self.rescale = bool(p["rescale"]) and self.kind is not None
         self.keep_below = gta.keep_threshold(self.density, mask_dtype) if self.kind == "random" else 0
         self.rng_state, self.generator = rng_state, None
@@ -418,7 +426,8 @@ def gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None 
     rng_states = (extra or {}).get("rng")
     sources, dtype, load, counts_in = _inputs(job)
     compute, mask_dtype = gta.working_dtypes(dtype, p["precise"])
-    models = [_Model(i, job, mask_dtype, (rng_states or [None] * len(job.sources))[i], sparsify) for i in range(len(job.sources) - 1)]
+    models = [_Model(i, job, mask_dtype, (rng_states or [None] * len(job.sources))[i], sparsify)
+              for i in range(len(job.sources) - 1)]
     n = job.numel
     report = {"name": job.name, "method": job.method, "weights": p["weights"], "densities": p["densities"]}
 
@@ -435,7 +444,8 @@ def gta_job(job: TensorJob, out_fd: int, counts: _Nonfinite, extra: dict | None 
         _magnitude_cuts(magnitude, n, deltas, fine=compute != torch.bfloat16)
     for m in (m for m in models if m.rescale):
         m.ratio = _l1_ratio(m, n, deltas, mask_dtype if m.kind == "random" else compute)
-    weights = torch.tensor(p["weights"], dtype=torch.float64).to(compute) if p["precise"] else gta.weights_tensor(p["weights"], compute)
+    weights = (torch.tensor(p["weights"], dtype=torch.float64).to(compute) if p["precise"]
+               else gta.weights_tensor(p["weights"], compute))
     out = _Output(job, job.out_dtype if p["precise"] else p["dtype"], out_fd)
     for m in models:
         m.restart()
@@ -607,7 +617,8 @@ class _Source:
         else:
             window = mmap.mmap(self.fd, first - aligned + count * self.itemsize, flags=mmap.MAP_SHARED | _POPULATE,
                                prot=mmap.PROT_READ, offset=aligned)
-            self.array = np.frombuffer(window, dtype=_NUMPY_DTYPES[self.info.dtype], count=count, offset=first - aligned)
+            self.array = np.frombuffer(window, dtype=_NUMPY_DTYPES[self.info.dtype], count=count,
+                                       offset=first - aligned)
         self.lo, self.hi = start, stop
 
 

@@ -27,12 +27,14 @@ def write_metadata(plan: MergePlan, reports: list[dict], folder: Path, fingerpri
     config = plan.config
     base = plan.checkpoints[config.parents[0]]
     weight_map = {job.name: plan.shard_names[job.shard] for job in plan.jobs}
-    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map})
+    _write_json(folder / "model.safetensors.index.json",
+                {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map})
     _write_json(folder / "config.json", _model_config(base.config, plan))
     _copy_tokenizer(plan, folder)
     if (base.path / "generation_config.json").is_file():
         shutil.copyfile(base.path / "generation_config.json", folder / "generation_config.json")
-    (folder / "mergekit_config.yml").write_text(yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None))
+    recipe = yaml.safe_dump(_portable_recipe(plan), sort_keys=False, default_flow_style=None)
+    (folder / "mergekit_config.yml").write_text(recipe)
     _write_json(folder / "merge_report.json", {**_report(plan, reports), "fingerprint": fingerprint})
     (folder / "README.md").write_text(model_card(plan, reports))
 
@@ -132,7 +134,8 @@ def model_card(plan: MergePlan, reports: list[dict]) -> str:
         "",
         *[f"- `{p.name}`{' (base)' if p == config.base else ''}" for p in config.parents],
         "",
-        f"{len(plan.jobs)} tensors, {plan.num_layers} layers, {plan.total_bytes / 1e9:.3f} GB in {len(plan.shard_names)} shard(s).",
+        f"{len(plan.jobs)} tensors, {plan.num_layers} layers, {plan.total_bytes / 1e9:.3f} GB "
+        f"in {len(plan.shard_names)} shard(s).",
     ]
     card = methods.get(config.method).card_function()
     if card is not None:
@@ -145,10 +148,12 @@ def slerp_card(plan: MergePlan, reports: list[dict]) -> list[str]:
     """SLERP's section of the model card: the t schedule and the branches taken."""
     config = plan.config
     branches = [r.get("branch") for r in reports if r.get("branch")]
-    return ["", "## Schedule", "", "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
-            "```yaml", yaml.safe_dump({"t": config.parameters.get("t", config.slice_parameters.get("t"))}, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
-            f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear (nearly colinear tensors). "
-            "Per-tensor t, cosine and branch are in `merge_report.json`."]
+    schedule = {"t": config.parameters.get("t", config.slice_parameters.get("t"))}
+    return ["", "## Schedule", "",
+            "t = 0 is the base model, t = 1 the other; lists are gradients over depth (layer i of n at i/(n-1)).", "",
+            "```yaml", yaml.safe_dump(schedule, sort_keys=False, default_flow_style=None).rstrip(), "```", "",
+            f"Branches taken: {branches.count('slerp')} spherical, {branches.count('lerp')} linear "
+            "(nearly colinear tensors). Per-tensor t, cosine and branch are in `merge_report.json`."]
 
 
 def _write_json(path: Path, data) -> None:

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from . import methods
-from .checkpoint import CONFIG_DTYPE_NAMES, DTYPE_SIZES, FLOAT_DTYPES, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
+from .checkpoint import (
+    CONFIG_DTYPE_NAMES,
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    Checkpoint,
+    CheckpointError,
+    TensorInfo,
+    open_checkpoint,
+)
 from .config import ConfigError, MergeConfig, ModelSpec
 from .schedule import depth_position, filters_of, resolve_value
 from .tokenizer import compare_tokenizers
@@ -141,7 +149,8 @@ def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> 
         if path == base_path:
             continue
         if other.num_layers != num_layers:
-            raise CheckpointError(f"different layer counts: {base_path} has {num_layers} layers, {path} has {other.num_layers} (num_hidden_layers)")
+            raise CheckpointError(f"different layer counts: {base_path} has {num_layers} layers, "
+                                  f"{path} has {other.num_layers} (num_hidden_layers)")
         vocab_a, vocab_b = base.config.get("vocab_size"), other.config.get("vocab_size")
         if vocab_a != vocab_b and not config.tokenizer_union:
             raise CheckpointError(f"differing vocabulary sizes: {base_path / 'config.json'} has vocab_size {vocab_a}, "
@@ -150,16 +159,20 @@ def _check_parents(config: MergeConfig, checkpoints: dict[Path, Checkpoint]) -> 
         only_other = sorted(set(other.tensors) - set(base.tensors))
         if only_base or only_other:
             name, holder, lacking = (only_base[0], base_path, path) if only_base else (only_other[0], path, base_path)
-            raise CheckpointError(f"tensor {name!r} is in {holder} but not in {lacking} ({len(only_base) + len(only_other)} such tensors)")
+            raise CheckpointError(f"tensor {name!r} is in {holder} but not in {lacking} "
+                                  f"({len(only_base) + len(only_other)} such tensors)")
         for name, a in base.tensors.items():
             b = other.tensors[name]
             if a.dtype != b.dtype:
-                raise CheckpointError(f"dtype mismatch: tensor {name!r} is {a.dtype} in {a.file} but {b.dtype} in {b.file}")
+                raise CheckpointError(f"dtype mismatch: tensor {name!r} is {a.dtype} in {a.file} "
+                                      f"but {b.dtype} in {b.file}")
             if a.shape == b.shape:
                 continue
-            vocab_like = any(h in name for h in _VOCAB_HINTS) and len(a.shape) == len(b.shape) and a.shape[1:] == b.shape[1:]
+            vocab_like = (any(h in name for h in _VOCAB_HINTS) and len(a.shape) == len(b.shape)
+                          and a.shape[1:] == b.shape[1:])
             if not vocab_like:
-                raise CheckpointError(f"shape mismatch: tensor {name!r} is {list(a.shape)} in {a.file} but {list(b.shape)} in {b.file}")
+                raise CheckpointError(f"shape mismatch: tensor {name!r} is {list(a.shape)} in {a.file} "
+                                      f"but {list(b.shape)} in {b.file}")
             if not config.tokenizer_union:
                 raise CheckpointError(f"differing vocabulary sizes: tensor {name!r} is {list(a.shape)} in {a.file} but "
                                       f"{list(b.shape)} in {b.file}{hint}")
@@ -178,15 +191,18 @@ def _vocab_union(config: MergeConfig, checkpoints: dict[Path, Checkpoint], seen:
         counts = {info.shape[0] for name, info in checkpoint.tensors.items()
                   if any(h in name for h in _VOCAB_HINTS) and info.shape}
         if len(counts) != 1:
-            raise CheckpointError(f"{path}: its vocabulary tensors disagree on the vocabulary size ({sorted(counts)} rows)")
+            raise CheckpointError(f"{path}: its vocabulary tensors disagree on the vocabulary size "
+                                  f"({sorted(counts)} rows)")
         rows[path] = counts.pop()
         declared = checkpoint.config.get("vocab_size")
         if declared is not None and declared != rows[path]:
-            raise CheckpointError(f"{path / 'config.json'}: vocab_size {declared} but its embeddings have {rows[path]} rows")
+            raise CheckpointError(f"{path / 'config.json'}: vocab_size {declared} "
+                                  f"but its embeddings have {rows[path]} rows")
     sizes = sorted(set(rows.values()))
     if len(sizes) != 2:
         listing = ", ".join(f"{p} has {n}" for p, n in rows.items())
-        raise CheckpointError(f"tokenizer_source: union merges parents with two vocabulary sizes (one grown by appended tokens); {listing} rows")
+        raise CheckpointError("tokenizer_source: union merges parents with two vocabulary sizes "
+                              f"(one grown by appended tokens); {listing} rows")
     small, large = sizes
     match = compare_tokenizers(_source_order(config), sizes=rows)
     return VocabUnion(rows=small, extra=large - small, donor=match.donor, added_tokens=match.added_tokens)
@@ -199,7 +215,8 @@ def _check_filters(config: MergeConfig, base: Checkpoint) -> None:
     for where, spec in specs:
         for pattern in filters_of(spec):
             if pattern is not None and pattern != "*" and not any(pattern in name for name in base.tensors):
-                raise ConfigError(f"{where}: filter {pattern!r} matches no tensor of {base.path} (e.g. {next(iter(sorted(base.tensors)))!r})")
+                raise ConfigError(f"{where}: filter {pattern!r} matches no tensor of {base.path} "
+                                  f"(e.g. {next(iter(sorted(base.tensors)))!r})")
 
 
 def _output_dtype(config: MergeConfig, source: TensorInfo) -> str:
@@ -225,7 +242,8 @@ def resolve_parameter(config: MergeConfig, name: str, parameter: methods.Paramet
                 return _typed(parameter, value)
     if parameter.default is None:
         where = f"{model.path.name}.{name}" if model is not None else name
-        raise ConfigError(f"parameter {key!r}: nothing gives a value for {where} and {config.method} has no default for it")
+        raise ConfigError(f"parameter {key!r}: nothing gives a value for {where} "
+                          f"and {config.method} has no default for it")
     return parameter.default
 
 
@@ -242,7 +260,8 @@ def _typed(parameter: methods.Parameter, value: Any) -> Any:
     return float(value)
 
 
-def _tensor_params(config: MergeConfig, method: methods.MergeMethod, name: str, num_layers: int, source_dtype: str) -> dict[str, Any]:
+def _tensor_params(config: MergeConfig, method: methods.MergeMethod, name: str, num_layers: int,
+                   source_dtype: str) -> dict[str, Any]:
     """The job's parameters for tensor `name`: the recipe's dtype, then each parameter of the method
     resolved at the tensor's depth (per-model ones as a list over the contributors)."""
     position = depth_position(name, num_layers)
@@ -258,7 +277,8 @@ def _tensor_params(config: MergeConfig, method: methods.MergeMethod, name: str, 
         values = params[parameter.key] = [resolve_parameter(config, name, parameter, position, m) for m in contributors]
         for model, value in zip(contributors, values):
             if not parameter.accepts(value):
-                raise ConfigError(f"model {model.path}: {parameter.name} {value} for tensor {name!r} is outside {parameter.interval}")
+                raise ConfigError(f"model {model.path}: {parameter.name} {value} for tensor {name!r} "
+                                  f"is outside {parameter.interval}")
     return params
 
 
@@ -288,7 +308,8 @@ def _layout(jobs_spec, shard_size: int):
         sizes.append(len(prefix) + offset)
         offset = 0
         for (name, method, sources, params, out_dtype, shape, tail), nbytes in group:
-            jobs.append(TensorJob(name, method, sources, params, out_dtype, shard, len(prefix) + offset, nbytes, tuple(shape), tail))
+            jobs.append(TensorJob(name, method, sources, params, out_dtype, shard, len(prefix) + offset, nbytes,
+                                  tuple(shape), tail))
             offset += nbytes
     return jobs, names, headers, sizes
 
@@ -306,7 +327,8 @@ def format_plan(plan: MergePlan) -> str:
              f"{len(plan.jobs)} tensors, {plan.total_bytes / 1e9:.3f} GB out in {len(plan.shard_names)} shard(s)"]
     if plan.vocab:
         lines.append(f"# tokenizer_source: union — rows [0, {plan.vocab.rows}) merged, rows [{plan.vocab.rows}, "
-                     f"{plan.vocab.rows + plan.vocab.extra}) copied from {plan.vocab.donor.name} ({', '.join(plan.vocab.added_tokens)})")
+                     f"{plan.vocab.rows + plan.vocab.extra}) copied from {plan.vocab.donor.name} "
+                     f"({', '.join(plan.vocab.added_tokens)})")
     for job in plan.jobs:
         if "t" in job.params:
             what = f"t={job.params['t']:.6g}"

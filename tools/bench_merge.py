@@ -50,9 +50,11 @@ def tensor_shapes(s: dict) -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
     for n in range(s["layers"]):
         p = f"model.layers.{n}."
-        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
-                       p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
-                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
     return shapes
 
 
@@ -98,12 +100,15 @@ def generate_pair(folder: Path, shape: dict, shard_bytes: int = 2 * 10**9) -> tu
         del a_part, b_part
     total = sum(math.prod(d) * 2 for d in shapes.values())
     config = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": shape["hidden"],
-              "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"], "num_attention_heads": shape["hidden"] // 64,
-              "num_key_value_heads": shape["hidden"] // 64 // shape["kv_ratio"], "vocab_size": shape["vocab"], "max_position_embeddings": 4096,
-              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu"}
+              "intermediate_size": shape["intermediate"], "num_hidden_layers": shape["layers"],
+              "num_attention_heads": shape["hidden"] // 64,
+              "num_key_value_heads": shape["hidden"] // 64 // shape["kv_ratio"], "vocab_size": shape["vocab"],
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+              "torch_dtype": "bfloat16", "hidden_act": "silu"}
     for d in (a_dir, b_dir):
         (d / "config.json").write_text(json.dumps(config, indent=2))
-        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        (d / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     return a_dir, b_dir
 
 
@@ -111,7 +116,8 @@ def recipe(a: Path, b: Path, layers: int, method: str = "slerp") -> dict:
     spec = methods.get(method)
     if method == "slerp":  # the paper's merge
         return {"merge_method": "slerp", "base_model": str(a),
-                "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]}, {"model": str(b), "layer_range": [0, layers]}]}],
+                "slices": [{"sources": [{"model": str(a), "layer_range": [0, layers]},
+                                        {"model": str(b), "layer_range": [0, layers]}]}],
                 "parameters": {"t": PAPER_SLERP_T}, "dtype": "bfloat16"}
     sparsifies = spec.kernel_args.get("sparsify") is not None  # TIES, DARE: half of each task vector kept
     parameters = {"weight": 1.0, "density": 0.5} if sparsifies else {"weight": 1.0}
@@ -220,7 +226,8 @@ def main() -> None:
             load = load_average()
             seconds, rss_kib, stderr = timed(command, envs[name])
             results[name].append((seconds, rss_kib, load))
-            print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s  peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
+            print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s  "
+                  f"peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
     os.sync()
     write_gbps = max(write_floor(folder) for _ in range(2))
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
@@ -231,9 +238,10 @@ def main() -> None:
     floor = in_bytes / 1e9 / read_gbps + out_bytes / 1e9 / write_gbps
     for name, (seconds, rss) in medians.items():
         print(f"  {name:16s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _, _ in results[name])})   "
-              f"peak RSS {rss / 2**20:5.2f} GiB   {(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
-    print(f"  floor: page-cache read {read_gbps:.1f} GB/s, write {write_gbps:.2f} GB/s -> {in_bytes / 1e9:.2f} GB read + "
-          f"{out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s on one core")
+              f"peak RSS {rss / 2**20:5.2f} GiB   "
+              f"{(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
+    print(f"  floor: page-cache read {read_gbps:.1f} GB/s, write {write_gbps:.2f} GB/s -> "
+          f"{in_bytes / 1e9:.2f} GB read + {out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s on one core")
     if not args.only_ours:
         tuned = [s for s, _, _ in results["mergekit-tuned"]]
         for name in ("ours", "ours --no-fsync"):
@@ -245,14 +253,16 @@ def main() -> None:
 
         if args.method == "slerp":
             parity = compare(folder / "ours", folder / "mergekit-tuned", a, b)
-            print(f"  parity vs tuned mergekit: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
-                  f"max {parity['max_ulp']} bf16 ulp, {len(parity['branch_mismatches'])} branch mismatches, branches {parity['branches']}")
+            print(f"  parity vs tuned mergekit: {parity['elements']} elements, "
+                  f"identical {parity['identical_fraction']:.6%}, max {parity['max_ulp']} bf16 ulp, "
+                  f"{len(parity['branch_mismatches'])} branch mismatches, branches {parity['branches']}")
             if parity["branch_mismatches"]:
                 print("  mismatched:", json.dumps(parity["branch_mismatches"]))
         else:
             parity = agreement(folder / "ours", folder / "mergekit-tuned")
-            print(f"  parity vs tuned mergekit: {parity['elements']} elements, identical {parity['identical_fraction']:.6%}, "
-                  f"within 1 ulp {parity['within_one_ulp']:.6%}, max {parity['max_ulp']} ulp, {len(parity['differing'])} tensors differ")
+            print(f"  parity vs tuned mergekit: {parity['elements']} elements, "
+                  f"identical {parity['identical_fraction']:.6%}, within 1 ulp {parity['within_one_ulp']:.6%}, "
+                  f"max {parity['max_ulp']} ulp, {len(parity['differing'])} tensors differ")
     if not args.keep:
         shutil.rmtree(folder)
         print(f"removed {folder}")

@@ -92,7 +92,8 @@ class MergeMethod:
     def __post_init__(self):
         unknown = set(self.options) - set(OPTIONS)
         if unknown:
-            raise ValueError(f"method {self.name!r}: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(OPTIONS)})")
+            raise ValueError(f"method {self.name!r}: unknown option(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(OPTIONS)})")
         names = [p.name for p in self.parameters]
         if len(set(names)) != len(names):
             raise ValueError(f"method {self.name!r}: a parameter is declared twice ({', '.join(names)})")
@@ -154,8 +155,9 @@ def _task_arithmetic(name: str, *, normalize: bool, rescale: bool, sparsify: str
     return MergeMethod(
         name,
         kernel=".kernels:gta_job",
-        parameters=(_WEIGHT, Parameter("normalize", normalize, boolean=True), Parameter("rescale", rescale, boolean=True),
-                    Parameter("lambda", 1.0), Parameter("int8_mask", False, boolean=True), _DENSITY),
+        parameters=(_WEIGHT, Parameter("normalize", normalize, boolean=True),
+                    Parameter("rescale", rescale, boolean=True), Parameter("lambda", 1.0),
+                    Parameter("int8_mask", False, boolean=True), _DENSITY),
         base="the model the task vectors are taken from",
         options=options,
         draws=draws,
@@ -166,8 +168,8 @@ def _task_arithmetic(name: str, *, normalize: bool, rescale: bool, sparsify: str
 BUILTIN = (
     MergeMethod("slerp", kernel=".kernels:slerp_job", parameters=(Parameter("t", interval="[0, 1]"),),
                 base="the t = 0 end", models=2, card=".output:slerp_card"),
-    MergeMethod("linear", kernel=".kernels:linear_job", parameters=(_WEIGHT, Parameter("normalize", True, boolean=True)),
-                options=("precise",)),
+    MergeMethod("linear", kernel=".kernels:linear_job",
+                parameters=(_WEIGHT, Parameter("normalize", True, boolean=True)), options=("precise",)),
     _task_arithmetic("task_arithmetic", normalize=False, rescale=False, sparsify=None, consensus=False),
     _task_arithmetic("ties", normalize=True, rescale=False, sparsify="magnitude", consensus=True,
                      options=("precise", "mergekit_sort")),
@@ -211,7 +213,8 @@ def get(name: str) -> MergeMethod:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise UnknownMethod(f"unknown merge_method {name!r}; this merger implements {', '.join(METHOD_NAMES)}") from None
+        raise UnknownMethod(f"unknown merge_method {name!r}; "
+                            f"this merger implements {', '.join(METHOD_NAMES)}") from None
 
 
 for _method in BUILTIN:

@@ -131,7 +131,8 @@ def slerp_with_stats(v0, v1, t: float, eps: float = EPS, dot_threshold: float = 
     norm_a = total_norm([chunk_norm(a[lo:hi]) for lo, hi in bounds], eps)
     norm_b = total_norm([chunk_norm(b[lo:hi]) for lo, hi in bounds], eps)
     sx, sy = torch.empty(bounds[0][1], dtype=work), torch.empty(bounds[0][1], dtype=work)
-    cosine = total_cosine([chunk_dot(a[lo:hi], b[lo:hi], norm_a, norm_b, sx[: hi - lo], sy[: hi - lo]) for lo, hi in bounds])
+    cosine = total_cosine([chunk_dot(a[lo:hi], b[lo:hi], norm_a, norm_b, sx[: hi - lo], sy[: hi - lo])
+                           for lo, hi in bounds])
     c0, c1, branch = coefficients(cosine, t, dot_threshold)
     if t in (0.0, 1.0):
         return (v0 if t == 0.0 else v1.to(v0.dtype)).clone(), float(cosine), branch

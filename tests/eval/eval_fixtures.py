@@ -53,9 +53,9 @@ def train_to_memorize(model_dir: str, rows: list[dict], out_dir, steps: int = 12
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hpcadapt.demo.tiny import save_pretrained_dir
     from hpcadapt.eval.benchmark import read_benchmark_file
     from hpcadapt.eval.prompts import chat_prompt
-    from hpcadapt.demo.tiny import save_pretrained_dir
 
     path = out_dir.parent / "train.jsonl"
     questions = read_benchmark_file(write_jsonl(path, rows))

@@ -16,8 +16,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 from pathlib import Path
 
 import pytest
-
-from merge_helpers import derive_model, random_mistral
+from merge_helpers import derive_model, folder_bytes, merge_cli, random_mistral, write_recipe
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +29,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "tuned": derive_model(random_init, root / "tuned", 0.02, 1),
         "other": derive_model(random_init, root / "other", 0.03, 2),
     }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(models, tmp_path_factory) -> dict[str, bytes]:
+    """The output files of the command on write_recipe(models), run without interruption."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    result = merge_cli(write_recipe(models, folder), folder / "out")
+    assert result.returncode == 0, result.stderr
+    return folder_bytes(folder / "out")

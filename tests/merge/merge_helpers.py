@@ -4,11 +4,15 @@ name every test folder has, so importing from it picks whichever was imported fi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from hpcadapt_merge.schedule import PAPER_SLERP_T
 
+CLI = [sys.executable, "-m", "hpcadapt_merge.cli"]  # the merger's command, run by this interpreter
 NEW_TOKEN = "<|newtok|>"
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
@@ -41,7 +45,8 @@ def random_mistral(folder: Path, hidden: int, intermediate: int, layers: int) ->
 
     texts = [f"steel grain boundary {i} fatigue crack silk protein fibre" for i in range(300)]
     return build_tiny_model_dir(folder, texts, arch="mistral", vocab_size=320,
-                                shape=TinyShape(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers), seed=0)
+                                shape=TinyShape(hidden_size=hidden, intermediate_size=intermediate,
+                                                num_hidden_layers=layers), seed=0)
 
 
 def grow_vocabulary(src: Path, dst: Path, tokens=(NEW_TOKEN,), seed: int = 5) -> Path:
@@ -78,6 +83,27 @@ def slerp_config(models, t=None, **extra) -> dict:
         "dtype": "bfloat16",
         **extra,
     }
+
+
+def write_recipe(models, folder: Path, **changes) -> Path:
+    """slerp_config(models) with `changes`, as folder/merge.yml."""
+    import yaml
+
+    config = slerp_config(models)
+    config.update(changes)
+    path = folder / "merge.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def merge_cli(recipe: Path, out: Path, kill_at: str | None = None, workers: int = 2) -> subprocess.CompletedProcess:
+    """The merger's command on `recipe` (100 KB shards), killed with SIGKILL at `kill_at` when given."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HPCADAPT_MERGE_KILL_AT", None)
+    if kill_at:
+        env["HPCADAPT_MERGE_KILL_AT"] = kill_at
+    return subprocess.run([*CLI, str(recipe), str(out), "--workers", str(workers), "--out-shard-size", "100KB"],
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 def load_tensors(folder: Path) -> dict:

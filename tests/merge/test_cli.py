@@ -3,12 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
-from merge_helpers import slerp_config
-
 from hpcadapt_merge.cli import main, parse_size
 from hpcadapt_merge.plot import schedule_curves
+from merge_helpers import CLI, slerp_config
 
 
 def relative_config(models, tmp_path):
@@ -41,15 +41,16 @@ def test_schedule_curves_per_filter_group():
 
 def test_console_command_merges_and_reports_errors(models, tmp_path):
     recipe = relative_config(models, tmp_path)
-    done = subprocess.run(["hpcadapt-merge", str(recipe), str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
-                          executable=str(__import__("pathlib").Path(sys.executable).parent / "hpcadapt-merge"))
+    command = Path(sys.executable).parent / "hpcadapt-merge"
+    done = subprocess.run(["hpcadapt-merge", str(recipe), str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, executable=str(command))
     assert done.returncode == 0, done.stderr
     assert "GB/s" in done.stderr and "peak RSS" in done.stderr and "merging" in done.stderr
     assert json.loads((tmp_path / "out" / "merge_report.json").read_text())["parents"] == ["base", "tuned"]
-    again = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(recipe), str(tmp_path / "other"), "--out-shard-size", "1KB"],
+    again = subprocess.run([*CLI, str(recipe), str(tmp_path / "other"), "--out-shard-size", "1KB"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
-    bad = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(tmp_path / "missing.yml"), str(tmp_path / "x")],
+    bad = subprocess.run([*CLI, str(tmp_path / "missing.yml"), str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "missing.yml: merge config file not found" in bad.stderr
 
@@ -77,16 +78,15 @@ print("HEAVY", heavy)
 def test_the_command_merges_the_same_bytes_as_the_api(models, tmp_path):
     """The command imports torch without its tracing modules; every method computes the same
     weights (the card's recipe differs only in key order: the YAML file sorted them)."""
+    from hpcadapt_merge import run_merge
     from merge_helpers import folder_bytes
     from test_engine import multi_config
-
-    from hpcadapt_merge import run_merge
 
     for method, config in (("slerp", slerp_config(models)), ("ties", multi_config(models, "ties", rescale=True)),
                            ("dare_linear", multi_config(models, "dare_linear"))):
         recipe = tmp_path / f"{method}.yml"
         recipe.write_text(yaml.safe_dump(config))
-        done = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(recipe), str(tmp_path / f"{method}-cli"), "--no-progress"],
+        done = subprocess.run([*CLI, str(recipe), str(tmp_path / f"{method}-cli"), "--no-progress"],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         run_merge(config, tmp_path / f"{method}-api", progress=False)

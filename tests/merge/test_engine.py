@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from merge_helpers import folder_bytes, load_tensors, slerp_config
-from test_methods import reference_slerp
-
 from hpcadapt_merge import kernels, run_merge
 from hpcadapt_merge.methods import slerp
 from hpcadapt_merge.schedule import PAPER_SLERP_T, resolve_t
+from merge_helpers import folder_bytes, load_tensors, slerp_config
+from test_methods import reference_slerp
 
 
 def test_slerp_merge_matches_reference_per_tensor(models, tmp_path):
@@ -26,7 +25,8 @@ def test_slerp_merge_matches_reference_per_tensor(models, tmp_path):
         ref, cos = reference_slerp(a[name].float().numpy(), b[name].float().numpy(), t)
         assert report[name]["cosine"] == pytest.approx(cos, abs=1e-5)  # float32 sums in mergekit's order
         assert report[name]["branch"] == ("lerp" if abs(report[name]["cosine"]) > 0.9995 else "slerp")
-        ulps = (out.view(torch.int16).int() - torch.from_numpy(ref).reshape(out.shape).bfloat16().view(torch.int16).int()).abs()
+        expected = torch.from_numpy(ref).reshape(out.shape).bfloat16()
+        ulps = (out.view(torch.int16).int() - expected.view(torch.int16).int()).abs()
         assert int(ulps.max()) <= 1, name
     assert {r["branch"] for r in report.values()} == {"lerp", "slerp"}
 
@@ -53,7 +53,12 @@ def test_speculated_linear_branch_gives_the_same_bytes(models, tmp_path, monkeyp
     config = slerp_config(models)
     outputs, guesses, passes = {}, [], []
     real_write = kernels._Output.write
-    monkeypatch.setattr(kernels._Output, "write", lambda self, start, values: (passes.append(self), real_write(self, start, values))[1])
+
+    def write(self, start, values):
+        passes.append(self)
+        return real_write(self, start, values)
+
+    monkeypatch.setattr(kernels._Output, "write", write)
     for guess in (None, True, False):
         if guess is not None:
             monkeypatch.setattr(kernels, "_looks_linear", lambda *args, guess=guess: guesses.append(guess) or guess)
@@ -68,7 +73,8 @@ def test_speculated_linear_branch_gives_the_same_bytes(models, tmp_path, monkeyp
     assert outputs[False][1] == linear + slerp_
     for name in outputs[None][0]:
         for guess in (True, False):
-            assert torch.equal(outputs[None][0][name].view(torch.int16), outputs[guess][0][name].view(torch.int16)), name
+            plain, speculated = outputs[None][0][name], outputs[guess][0][name]
+            assert torch.equal(plain.view(torch.int16), speculated.view(torch.int16)), name
 
 
 @pytest.mark.parametrize("method, params", [("ties", {"rescale": True}), ("dare_ties", {}), ("linear", {})])
@@ -88,7 +94,8 @@ def test_output_folder_is_complete(models, tmp_path):
     out = tmp_path / "out"
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
-    assert sorted(set(index["weight_map"].values())) == shards and shards[-1].endswith(f"-of-{len(shards):05d}.safetensors")
+    assert sorted(set(index["weight_map"].values())) == shards
+    assert shards[-1].endswith(f"-of-{len(shards):05d}.safetensors")
     assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in load_tensors(out).values())
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
@@ -152,8 +159,9 @@ def test_methods_equal_the_mergekit_reference_bit_for_bit(models, tmp_path, meth
             expected = ref.linear([base, x1, x2], [0.3, 0.6, 0.4])
         else:
             densities = [1.0, 1.0] if method == "task_arithmetic" else [0.5, 0.7]
-            expected = ref.generalized_task_arithmetic(method, base, [x1, x2], [0.6, 0.4], densities, normalize=normalize,
-                                                       rescale=rescale, lam=lam, generator=generator)
+            expected = ref.generalized_task_arithmetic(method, base, [x1, x2], [0.6, 0.4], densities,
+                                                       normalize=normalize, rescale=rescale, lam=lam,
+                                                       generator=generator)
         assert merged[name].dtype == torch_dtype
         assert torch.equal(merged[name].view(torch.uint8), expected.view(torch.uint8)), name
 

@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from merge_helpers import derive_model, load_tensors, random_mistral, slerp_config
-
 from hpcadapt_merge import run_merge
 from hpcadapt_merge.compare import agreement as compare_folders
 from hpcadapt_merge.compare import compare
 from hpcadapt_merge.schedule import PAPER_SLERP_T
+from merge_helpers import derive_model, load_tensors, random_mistral, slerp_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("mergekit") is None, reason="mergekit is not installed (pip install mergekit==0.1.5)")]
@@ -40,7 +39,8 @@ def run_mergekit(config: dict, folder: Path) -> Path:
     (folder / "recipe.yml").write_text(yaml.safe_dump(config))  # absolute paths: mergekit reads others as hub ids
     command = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent)) or shutil.which("mergekit-yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([command, str(folder / "recipe.yml"), str(folder / "out")], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([command, str(folder / "recipe.yml"), str(folder / "out")], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return folder / "out"
 

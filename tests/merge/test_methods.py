@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from hpcadapt_merge.methods import gta
 from hpcadapt_merge.methods.slerp import slerp, slerp_with_stats
 

@@ -4,14 +4,12 @@ summary and in merge_report.json (strict JSON); --fail-on-nonfinite makes them a
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
-from merge_helpers import load_tensors, slerp_config
-from safetensors.torch import load_file, save_file
-
 from hpcadapt_merge import run_merge
+from merge_helpers import CLI, load_tensors, slerp_config
+from safetensors.torch import load_file, save_file
 
 NAN_TENSOR = "model.layers.1.mlp.up_proj.weight"  # t = 0.5: merged
 INF_TENSOR = "model.layers.2.self_attn.q_proj.weight"
@@ -66,14 +64,15 @@ def test_other_methods_count_too(poisoned, tmp_path):
 def test_fail_on_nonfinite_publishes_nothing(poisoned, models, tmp_path):
     recipe = tmp_path / "merge.yml"
     recipe.write_text(yaml.safe_dump(slerp_config(poisoned)))
-    done = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(recipe), str(tmp_path / "out"), "--fail-on-nonfinite",
-                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*CLI, str(recipe), str(tmp_path / "out"), "--fail-on-nonfinite", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.startswith("hpcadapt-merge: error: NaN/Inf found in 3 tensor(s):") and "Traceback" not in done.stderr
+    assert done.stderr.startswith("hpcadapt-merge: error: NaN/Inf found in 3 tensor(s):")
+    assert "Traceback" not in done.stderr
     assert NAN_TENSOR in done.stderr and not (tmp_path / "out").exists()
     clean_recipe = tmp_path / "clean.yml"
     clean_recipe.write_text(yaml.safe_dump(slerp_config(models)))
-    clean = subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(clean_recipe), str(tmp_path / "clean"), "--fail-on-nonfinite"],
+    clean = subprocess.run([*CLI, str(clean_recipe), str(tmp_path / "clean"), "--fail-on-nonfinite"],
                            capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0, clean.stderr
     assert strict(tmp_path / "clean" / "merge_report.json")["nonfinite"] == {}

@@ -9,26 +9,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 import pytest
-from merge_helpers import folder_bytes, slerp_config
-from safetensors.torch import load_file, save_file
-from test_resume import reference  # noqa: F401  (a fixture: the uninterrupted run's bytes)
-from test_resume import merge_cli as run
-from test_resume import write_config as write_recipe
-
 from hpcadapt_merge import run_merge
 from hpcadapt_merge.config import MergeError
+from merge_helpers import CLI, folder_bytes, slerp_config, write_recipe
+from merge_helpers import merge_cli as run
+from safetensors.torch import load_file, save_file
 
 
 def start(recipe, out, delay=0.15, workers=2, *extra):
     """The command in its own session (a terminal's process group), each tensor slowed by `delay` s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPCADAPT_MERGE_TEST_DELAY": str(delay)}
     env.pop("HPCADAPT_MERGE_KILL_AT", None)
-    return subprocess.Popen([sys.executable, "-m", "hpcadapt_merge.cli", str(recipe), str(out), "--workers", str(workers),
+    return subprocess.Popen([*CLI, str(recipe), str(out), "--workers", str(workers),
                              "--no-progress", "--out-shard-size", "100KB", *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -52,7 +48,7 @@ def gone(process) -> bool:
         return True
 
 
-def test_workers_end_within_a_second_of_a_sigkilled_main_process(models, tmp_path, reference):
+def test_workers_end_within_a_second_of_a_sigkilled_main_process(models, tmp_path, uninterrupted):
     recipe, out = write_recipe(models, tmp_path), tmp_path / "out"
     proc = start(recipe, out)
     workers = workers_of(proc)
@@ -64,10 +60,10 @@ def test_workers_end_within_a_second_of_a_sigkilled_main_process(models, tmp_pat
     proc.wait(10)
     resumed = run(recipe, out)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and folder_bytes(out) == reference
+    assert "resuming" in resumed.stderr and folder_bytes(out) == uninterrupted
 
 
-def test_a_killed_worker_ends_the_merge_at_once_naming_its_tensor(models, tmp_path, reference):
+def test_a_killed_worker_ends_the_merge_at_once_naming_its_tensor(models, tmp_path, uninterrupted):
     recipe, out = write_recipe(models, tmp_path), tmp_path / "out"
     proc = start(recipe, out, 0.3)
     workers = workers_of(proc)
@@ -83,33 +79,34 @@ def test_a_killed_worker_ends_the_merge_at_once_naming_its_tensor(models, tmp_pa
     assert all(gone(w) for w in workers)
     resumed = run(recipe, out)
     assert resumed.returncode == 0, resumed.stderr
-    assert folder_bytes(out) == reference
+    assert folder_bytes(out) == uninterrupted
 
 
-def test_a_second_run_on_the_same_output_is_refused(models, tmp_path, reference):
+def test_a_second_run_on_the_same_output_is_refused(models, tmp_path, uninterrupted):
     recipe, out = write_recipe(models, tmp_path), tmp_path / "out"
     first = start(recipe, out, 0.1)
     workers_of(first)
     second = run(recipe, out)
     assert second.returncode == 1
-    assert second.stderr.strip() == (f"hpcadapt-merge: error: another hpcadapt-merge (pid {first.pid}) is writing {out}; "
-                                      "wait for it to finish or stop it, then run this command again")
+    assert second.stderr.strip() == (f"hpcadapt-merge: error: another hpcadapt-merge (pid {first.pid}) "
+                                      f"is writing {out}; wait for it to finish or stop it, "
+                                      "then run this command again")
     assert first.wait(60) == 0
-    assert folder_bytes(out) == reference
+    assert folder_bytes(out) == uninterrupted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.yml", "out"]
 
 
-def test_ctrl_c_gives_one_line_and_the_merge_resumes(models, tmp_path, reference):
+def test_ctrl_c_gives_one_line_and_the_merge_resumes(models, tmp_path, uninterrupted):
     recipe, out = write_recipe(models, tmp_path), tmp_path / "out"
     proc = start(recipe, out, 0.2)
     workers = workers_of(proc)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal sends to its foreground group
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert stderr.strip() == (f"hpcadapt-merge: error: interrupted; the finished tensors are kept in {tmp_path / '.out.partial'}: "
-                              "run the same command again to resume")
+    assert stderr.strip() == ("hpcadapt-merge: error: interrupted; the finished tensors are kept in "
+                              f"{tmp_path / '.out.partial'}: run the same command again to resume")
     assert all(gone(w) for w in workers)
-    assert run(recipe, out).returncode == 0 and folder_bytes(out) == reference
+    assert run(recipe, out).returncode == 0 and folder_bytes(out) == uninterrupted
 
 
 def test_an_unwritable_output_folder_gives_one_line(models, tmp_path):
@@ -171,8 +168,17 @@ def test_the_output_is_fsynced_before_it_is_published(models, tmp_path, monkeypa
 
     events = []
     real_fsync, real_rename = os.fsync, os.rename
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
-    monkeypatch.setattr(engine.Path, "rename", lambda self, target: (events.append(("rename", str(target))), real_rename(self, target))[1])
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(self, target):
+        events.append(("rename", str(target)))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(engine.Path, "rename", rename)
     run_merge(slerp_config(models), tmp_path / "out", progress=False, shard_size=100_000)
     published = events.index(("rename", str(tmp_path / "out")))
     synced = {os.path.basename(path) for kind, path in events[:published] if kind == "fsync"}

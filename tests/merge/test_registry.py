@@ -10,12 +10,11 @@ import sys
 
 import pytest
 import torch
-from merge_helpers import load_tensors, slerp_config
-from test_engine import multi_config
-
 from hpcadapt_merge import kernels, methods, run_merge
 from hpcadapt_merge.config import ConfigError, load_config
 from hpcadapt_merge.plan import build_plan
+from merge_helpers import load_tensors, slerp_config
+from test_engine import multi_config
 
 BUILTIN = ("slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
@@ -109,7 +108,8 @@ def test_each_method_takes_the_parameters_its_entry_declares(models, name):
     declared = sorted(p.name for p in methods.get(name).parameters)
     recipe = valid_recipe(models, name)
     recipe["parameters"] = {**recipe.get("parameters", {}), "no_such_parameter": 1}
-    with pytest.raises(ConfigError, match=rf"{name} takes no parameter\(s\) no_such_parameter \(it takes {', '.join(declared)}\)"):
+    with pytest.raises(ConfigError,
+                       match=rf"{name} takes no parameter\(s\) no_such_parameter \(it takes {', '.join(declared)}\)"):
         load_config(recipe)
 
 

@@ -2,62 +2,34 @@
 produces the same bytes as an uninterrupted run; nothing appears under the final
 name before the merge is complete."""
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import yaml
-from merge_helpers import folder_bytes, slerp_config
-
-
-def write_config(models, folder, **changes):
-    config = slerp_config(models)
-    config.update(changes)
-    path = folder / "merge.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def merge_cli(config, out, kill_at=None, workers=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HPCADAPT_MERGE_KILL_AT", None)
-    if kill_at:
-        env["HPCADAPT_MERGE_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "hpcadapt_merge.cli", str(config), str(out), "--workers", str(workers),
-                           "--out-shard-size", "100KB"], env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def reference(models, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reference")
-    result = merge_cli(write_config(models, folder), folder / "out")
-    assert result.returncode == 0, result.stderr
-    return folder_bytes(folder / "out")
+from merge_helpers import folder_bytes, merge_cli, write_recipe
 
 
 @pytest.mark.parametrize("kill_at", ["tensor:1", "tensor:17", "metadata", "publish"])
-def test_resume_after_sigkill_gives_identical_bytes(models, tmp_path, reference, kill_at):
-    config, out = write_config(models, tmp_path), tmp_path / "out"
+def test_resume_after_sigkill_gives_identical_bytes(models, tmp_path, uninterrupted, kill_at):
+    config, out = write_recipe(models, tmp_path), tmp_path / "out"
     killed = merge_cli(config, out, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists() and (tmp_path / ".out.partial").is_dir()
     resumed = merge_cli(config, out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
-    assert folder_bytes(out) == reference
+    assert folder_bytes(out) == uninterrupted
     assert not (tmp_path / ".out.partial").exists()
 
 
 def test_rerun_after_completion_is_a_no_op_and_a_changed_recipe_starts_afresh(models, tmp_path):
-    config, out = write_config(models, tmp_path), tmp_path / "out"
+    config, out = write_recipe(models, tmp_path), tmp_path / "out"
     assert merge_cli(config, out, kill_at="tensor:5").returncode == -signal.SIGKILL
-    changed = write_config(models, tmp_path, parameters={"t": 0.25})
+    changed = write_recipe(models, tmp_path, parameters={"t": 0.25})
     assert merge_cli(changed, out).returncode == 0
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    assert merge_cli(write_config(models, fresh, parameters={"t": 0.25}), fresh / "out").returncode == 0
+    assert merge_cli(write_recipe(models, fresh, parameters={"t": 0.25}), fresh / "out").returncode == 0
     assert folder_bytes(out) == folder_bytes(fresh / "out")
     again = merge_cli(changed, out)
     assert again.returncode == 0 and "nothing to do" in again.stderr

@@ -1,14 +1,14 @@
 """t resolution: mergekit's gradient and filter semantics, layer count from the model."""
 
 import pytest
-
 from hpcadapt_merge.schedule import PAPER_SLERP_T, layer_index, resolve_t
 
 
 @pytest.mark.parametrize("layer, attn, mlp", [(0, 0, 1), (1, 0.064516, 0.935484), (8, 0.493548, 0.506452),
                                               (15, 0.312903, 0.687097), (24, 0.729032, 0.270968), (31, 1, 0)])
 def test_paper_schedule_over_32_layers(layer, attn, mlp):
-    assert resolve_t(f"model.layers.{layer}.self_attn.o_proj.weight", PAPER_SLERP_T, 32) == pytest.approx(attn, abs=1e-6)
+    attn_t = resolve_t(f"model.layers.{layer}.self_attn.o_proj.weight", PAPER_SLERP_T, 32)
+    assert attn_t == pytest.approx(attn, abs=1e-6)
     assert resolve_t(f"model.layers.{layer}.mlp.down_proj.weight", PAPER_SLERP_T, 32) == pytest.approx(mlp, abs=1e-6)
 
 

@@ -6,13 +6,13 @@ import json
 import shutil
 
 import pytest
-from merge_helpers import grow_vocabulary, slerp_config
-
-from hpcadapt.eval.model_dir import ModelDirError, check_same_tokenizer
 from hpcadapt_merge.checkpoint import CheckpointError
 from hpcadapt_merge.config import load_config
 from hpcadapt_merge.plan import build_plan
 from hpcadapt_merge.tokenizer import compare_tokenizers
+from merge_helpers import grow_vocabulary, slerp_config
+
+from hpcadapt.eval.model_dir import ModelDirError, check_same_tokenizer
 
 PAD = "<|extra_pad|>"
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
+from hpcadapt_merge import run_merge
+from hpcadapt_merge.checkpoint import CheckpointError
 from merge_helpers import NEW_TOKEN as NEW
 from merge_helpers import VOCAB_TENSORS as VOCAB
 from merge_helpers import grow_vocabulary, load_tensors, slerp_config
-
-from hpcadapt_merge import run_merge
-from hpcadapt_merge.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,8 @@ def grown(models, tmp_path_factory):
 
 
 def test_without_union_the_refusal_suggests_it(models, grown, tmp_path):
-    with pytest.raises(CheckpointError, match="differing vocabulary sizes: .*config.json has vocab_size 320, .*tuned-pad/config.json has 321.*tokenizer_source: union"):
+    with pytest.raises(CheckpointError, match="differing vocabulary sizes: .*config.json has vocab_size 320, "
+                                              ".*tuned-pad/config.json has 321.*tokenizer_source: union"):
         run_merge(slerp_config({**models, "tuned": grown}), tmp_path / "out", progress=False)
 
 
@@ -48,19 +48,22 @@ def test_union_merges_the_common_rows_and_copies_the_new_one(models, grown, tmp_
     out = tmp_path / "union"
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 321
     report = json.loads((out / "merge_report.json").read_text())
-    assert report["vocabulary"] == {"merged_rows": 320, "copied_rows": 1, "copied_from": "tuned-pad", "added_tokens": [NEW]}
+    assert report["vocabulary"] == {"merged_rows": 320, "copied_rows": 1, "copied_from": "tuned-pad",
+                                    "added_tokens": [NEW]}
 
 
 def test_union_output_tokenizer_has_the_new_token_and_the_base_chat_template(models, grown, tmp_path):
     from transformers import AutoTokenizer
 
-    run_merge(slerp_config({**models, "tuned": grown}, tokenizer_source="union"), tmp_path / "out", progress=False, fsync=False)
+    run_merge(slerp_config({**models, "tuned": grown}, tokenizer_source="union"), tmp_path / "out", progress=False,
+              fsync=False)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tokenizer(f"{NEW} steel", add_special_tokens=False).input_ids[0] == 320
     assert tokenizer.convert_ids_to_tokens(320) == NEW and len(tokenizer) == 321
     base = AutoTokenizer.from_pretrained(models["base"])
     assert tokenizer.chat_template == base.chat_template
-    assert (tmp_path / "out" / "generation_config.json").read_bytes() == (models["base"] / "generation_config.json").read_bytes()
+    generation_config = (tmp_path / "out" / "generation_config.json").read_bytes()
+    assert generation_config == (models["base"] / "generation_config.json").read_bytes()
 
 
 def test_union_also_works_when_the_base_has_the_larger_vocabulary(models, grown, tmp_path):
@@ -78,11 +81,15 @@ def test_union_refuses_a_vocabulary_that_was_not_only_appended_to(models, tmp_pa
     first, second = sorted(vocab, key=vocab.get)[100:102]
     vocab[first], vocab[second] = vocab[second], vocab[first]
     (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
-    with pytest.raises(CheckpointError, match=rf"tokenizers differ: .*base/tokenizer.json has .* at id 10\d but .*swapped/tokenizer.json has it at 10\d"):
-        run_merge(slerp_config({**models, "tuned": swapped}, tokenizer_source="union"), tmp_path / "out", progress=False)
+    with pytest.raises(CheckpointError, match=r"tokenizers differ: .*base/tokenizer.json has .* at id 10\d "
+                                              r"but .*swapped/tokenizer.json has it at 10\d"):
+        run_merge(slerp_config({**models, "tuned": swapped}, tokenizer_source="union"), tmp_path / "out",
+                  progress=False)
     merges = grow_vocabulary(models["tuned"], tmp_path / "merges")
     tokenizer = json.loads((merges / "tokenizer.json").read_text())
     tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]
     (merges / "tokenizer.json").write_text(json.dumps(tokenizer))
-    with pytest.raises(CheckpointError, match=r"tokenizers differ: .*base/tokenizer.json and .*merges/tokenizer.json have different merges"):
-        run_merge(slerp_config({**models, "tuned": merges}, tokenizer_source="union"), tmp_path / "out", progress=False)
+    with pytest.raises(CheckpointError, match=r"tokenizers differ: .*base/tokenizer.json and "
+                                              r".*merges/tokenizer.json have different merges"):
+        run_merge(slerp_config({**models, "tuned": merges}, tokenizer_source="union"), tmp_path / "out",
+                  progress=False)
