@@ -13,8 +13,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from hpcadapt.spec import StageSpec
 from hpcadapt.demo.tiny import TinyShape, build_model, build_tokenizer, save_pretrained_dir
+from hpcadapt.spec import StageSpec
 
 
 def run(spec: StageSpec) -> dict[str, Any]:

@@ -60,8 +60,9 @@ def write_toy_domain(root: Path) -> Path:
         for i, m in enumerate(MATERIALS)
     ])
     write_jsonl(d / "benchmark_general.jsonl", [
-        {"id": f"g{i}", "question": f"Where is the {a}?", "choices": ["on the mat", "in the sea", "up a mast", "in a box"],
-         "answer": "A", "category": "places"} for i, a in enumerate(["cat", "dog", "bird", "child"])
+        {"id": f"g{i}", "question": f"Where is the {a}?", "answer": "A", "category": "places",
+         "choices": ["on the mat", "in the sea", "up a mast", "in a box"]}
+        for i, a in enumerate(["cat", "dog", "bird", "child"])
     ])
     return d
 
