@@ -66,10 +66,11 @@ def run(cfg) -> None:
     except OSError as e:  # the filesystem refused a write (full, quota, read-only): not a bug
         from hpcadapt.errors import write_failure
 
-        if write_failure(e) is None:
+        why = write_failure(e)
+        if why is None:
             raise
         where = e.filename or f"writing under {cfg.output_root}"
-        print(f"\nhpcadapt: error: {where}: {write_failure(e)}. No stage was marked complete by this failure; free "
+        print(f"\nhpcadapt: error: {where}: {why}. No stage was marked complete by this failure; free "
               f"space (or set output_root=... to another folder) and run the same command again.", file=sys.stderr)
         sys.exit(2)
 

@@ -338,11 +338,12 @@ def setup_of(settings: dict[str, Any], deepspeed: dict[str, Any], dtype: str, ki
 
 
 def shape_of_folder(folder: Path) -> ModelShape:
-    """The shape in a model folder's config.json; its layer count as the evaluation reads it."""
-    from hpcadapt.eval.model_dir import num_layers_of
+    """The shape in a model folder's config.json; its layer count as the merger reads it."""
+    from hpcadapt_merge.checkpoint import layer_count
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return ModelShape.from_config(config, num_layers_of(folder))
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    return ModelShape.from_config(config, layer_count(config, config_file))
 
 
 def config_folder(ref: str, revisions: dict[str, str]) -> tuple[Path | None, str]:

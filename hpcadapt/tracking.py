@@ -102,9 +102,6 @@ def _secret_item(key: Any, value: Any) -> bool:
     return is_secret_key(str(key)) and value not in (None, "") and not isinstance(value, (bool, dict, list))
 
 
-scrub = redact  # W&B's config goes through the same redaction as every stored file
-
-
 def lift_secrets(lines: list[str]) -> tuple[list[str], dict[str, str]]:
     """Shell lines with each secret literal replaced by a variable reference, and the variables.
 
@@ -186,7 +183,7 @@ def start_run(spec: StageSpec, job_type: str | None = None):
         mode=mode,
         dir=str(root),
         tags=list(settings.get("tags", [])),
-        config=scrub({"stage": spec.name, "settings": spec.settings, "inputs": spec.inputs,
+        config=redact({"stage": spec.name, "settings": spec.settings, "inputs": spec.inputs,
                       "hpcadapt": settings.get("config", {})}),
     )
 

@@ -101,9 +101,10 @@ def main() -> None:
     except Exception as e:  # the filesystem refused a write (full, quota, read-only): one paragraph
         from hpcadapt.errors import write_failure
 
-        if write_failure(e) is None:
+        why = write_failure(e)
+        if why is None:
             raise
-        print(f"\nhpcadapt: error: {getattr(e, 'filename', None) or 'a file'}: {write_failure(e)}. The stage is not "
+        print(f"\nhpcadapt: error: {getattr(e, 'filename', None) or 'a file'}: {why}. The stage is not "
               f"marked complete; its sealed checkpoints stay and the next run resumes from the newest. Free space "
               f"and run the same command again.", file=sys.stderr, flush=True)
         sys.exit(2)

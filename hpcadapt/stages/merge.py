@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hpcadapt.eval.model_dir import num_layers_of
+from hpcadapt_merge.checkpoint import layer_count
+
 from hpcadapt.hub import local_model
 from hpcadapt.spec import StageSpec
 
@@ -26,7 +27,7 @@ def merge_config(spec: StageSpec) -> dict[str, Any]:
     m = spec.settings
     base, other = (local_model(ref, spec.revisions) for ref in (spec.base_model, spec.other_model))
     base_config, other_config = (json.loads((Path(f) / "config.json").read_text()) for f in (base, other))
-    layers = num_layers_of(base)
+    layers = layer_count(base_config, Path(base) / "config.json")
     # A chain that had to add a pad token grew its vocabulary by one appended row: the merge
     # keeps that row from the chain's model and merges the rest (mergekit's `union`).
     grown = other_config.get("vocab_size", 0) > base_config.get("vocab_size", 0)
