@@ -39,6 +39,7 @@ from .plan import DEFAULT_SHARD_SIZE, MergePlan, TensorJob, build_plan
 
 FORMAT_VERSION = 3  # 3: mergekit's arithmetic for every method; inputs identified by content
 JOURNAL, FINGERPRINT = ".journal.jsonl", ".fingerprint"
+FLUSH_STEP = 256 << 20  # bytes of finished tensors between two fdatasyncs of the output while merging
 
 
 @dataclass
@@ -283,12 +284,15 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
                desc="merging", disable=not progress, smoothing=0.1, file=sys.stderr)
     sampler = _RssSampler()
     kernels.write_behind = fsync
+    flusher = _Flusher(out_paths) if fsync else None
     with open(staging / JOURNAL, "a") as journal:
         def finished(job, report):
             journal.write(json.dumps(report, allow_nan=False) + "\n")
             journal.flush()
             done[job.name] = report
             bar.update(job.out_nbytes)
+            if flusher is not None:
+                flusher.wrote(job.shard, job.out_nbytes)
             sampler.sample()
             _crash_point(f"tensor:{len(done)}")
 
@@ -307,13 +311,70 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
                 _Workers(plan.jobs, out_paths, workers, staging).run(_dispatch(plan, todo), finished, sampler,
                                                                      len(done))
         finally:
+            flush_error = flusher.stop() if flusher is not None else None
             gc.unfreeze()
             if workers == 1:
                 kernels.close_files()
             if torch_threads is not None:
                 kernels.restore_threads(torch_threads)
             bar.close()
+    if flush_error is not None:
+        raise flush_error
     return sampler.peak
+
+
+class _Flusher:
+    """Makes the output durable while it is computed: a thread fdatasyncs the shards each time
+    another FLUSH_STEP bytes of tensors are finished. Each call also empties the disk's write
+    cache (on a VM, the host's), which otherwise the fsync before publishing would wait for all
+    at once. Only shards written to since the last round are synced. A failed fdatasync is
+    returned by stop(), for the engine to raise: once one
+    descriptor has seen a writeback error, a later fsync may not report it. The thread starts
+    with the first finished tensor, after the workers are forked."""
+
+    def __init__(self, paths: list[str]):
+        import threading
+
+        self.paths, self.fds = paths, []
+        self.step, self.pending, self.closing, self.error = FLUSH_STEP, 0, False, None
+        self.touched: set[int] = set()  # shards written to since the last round
+        self.wake = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="hpcadapt-merge-flusher", daemon=True)
+
+    def wrote(self, shard: int, nbytes: int) -> None:
+        if not self.fds:
+            self.fds = [os.open(path, os.O_RDONLY) for path in self.paths]
+            self.thread.start()
+        with self.wake:
+            self.touched.add(shard)
+            self.pending += nbytes
+            if self.pending >= self.step:
+                self.wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                self.wake.wait_for(lambda: self.closing or self.pending >= self.step)
+                if self.closing:
+                    return
+                shards, self.touched, self.pending = sorted(self.touched), set(), 0
+            for shard in shards:
+                try:
+                    os.fdatasync(self.fds[shard])
+                except OSError as error:
+                    self.error = OSError(error.errno, f"writing the output to disk failed: {error.strerror}",
+                                         self.paths[shard])
+                    return
+
+    def stop(self) -> OSError | None:
+        if self.fds:
+            with self.wake:
+                self.closing = True
+                self.wake.notify()
+            self.thread.join()
+            for fd in self.fds:
+                os.close(fd)
+        return self.error
 
 
 class _Workers:

@@ -7,15 +7,21 @@
 The second parent is the first plus relative Gaussian noise whose size varies per
 tensor, so cosines spread over 0.99-0.9999 like a real fine-tune and both SLERP
 branches occur. Each repeat runs, in turn, tuned mergekit (its faster malloc settings),
-ours as shipped (the output fsynced before it is published), ours with --no-fsync (what
-mergekit does: it never fsyncs) and, with --shipped-mergekit, mergekit as shipped; warm page
-cache, no pending writeback (sync before each run). Each run is timed and measured by
-/usr/bin/time -v (peak RSS of the largest process; ours also reports the sum over its
-workers), with the 1-minute load average read just before it. The summary gives, for each of
-ours, the pair-by-pair ratio (tuned mergekit's time over ours in the same repeat): median,
-lowest and highest; medians; GB/s against this machine's page-cache read/write floor; and
-parity with mergekit (hpcadapt_merge.compare). Other load inflates every figure: run it when
-/proc/loadavg is low (the load of every run is printed).
+ours as shipped (the output on disk, fsynced, before it is published), ours with --no-fsync
+(what mergekit does: it never fsyncs, its output is in the page cache when it exits) and, with
+--shipped-mergekit, mergekit as shipped; warm page cache, no pending writeback (sync before each
+run). Each run is timed and measured by /usr/bin/time -v (peak RSS of the largest process; ours
+also reports the sum over its workers), with the 1-minute load average read just before it, and
+the `sync` right after it is timed too: run + sync is when that output is on disk.
+
+The summary gives pair-by-pair ratios (the baseline's time over ours in the same repeat: median,
+lowest, highest) three ways: ours as shipped against tuned mergekit as it runs (ours pays the
+disk, mergekit does not), and like for like, ours --no-fsync against tuned mergekit (neither
+waits for the disk) and ours as shipped against tuned mergekit + sync (both on disk). It also
+measures the disk: the output's bytes written and fdatasynced by one writer, the floor of any
+merge that leaves its output on disk. Then medians, GB/s against the page-cache read/write
+floor, and parity with mergekit (hpcadapt_merge.compare). Other load inflates every figure: run
+it when /proc/loadavg is low (the load of every run is printed).
 Data lives in bench/ (git-ignored) and is deleted afterwards unless --keep.
 """
 
@@ -156,13 +162,15 @@ def warm(paths) -> float:
     return total / 1e9 / (time.perf_counter() - started)
 
 
-def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
-    """GB/s of one writer filling a preallocated file with pwrites of the merger's piece size
-    into the page cache (no fsync), as the merger writes its shards: the output's floor on one core."""
+def fill_seconds(folder: Path, nbytes: int, durable: bool) -> float:
+    """Seconds one writer takes to fill a preallocated file with pwrites of the merger's piece
+    size, as the merger writes its shards: into the page cache (the output's floor on one core),
+    or, durable, followed by one fdatasync (which also empties the disk's write cache: the floor
+    of any merge that leaves its output on disk)."""
     from hpcadapt_merge.kernels import WRITE_PIECE
 
-    chunk = bytes(WRITE_PIECE)
-    path = folder / "write-floor.bin"
+    chunk = os.urandom(WRITE_PIECE)
+    path = folder / "fill.bin"
     with open(path, "wb", buffering=0) as f:
         os.posix_fallocate(f.fileno(), 0, nbytes)
     os.sync()
@@ -170,10 +178,19 @@ def write_floor(folder: Path, nbytes: int = 2 * 10**9) -> float:
     fd = os.open(path, os.O_WRONLY)
     for offset in range(0, nbytes, len(chunk)):
         os.pwrite(fd, chunk, offset)
+    if durable:
+        os.fdatasync(fd)
     os.close(fd)
     seconds = time.perf_counter() - started
     path.unlink()
-    return nbytes / 1e9 / seconds
+    os.sync()
+    return seconds
+
+
+def ratios(baseline: list[float], ours: list[float]) -> str:
+    pairs = [b / o for b, o in zip(baseline, ours)]
+    return (f"median {statistics.median(pairs):.2f}x, lowest {min(pairs):.2f}x, highest {max(pairs):.2f}x "
+            f"({', '.join(f'{r:.2f}' for r in pairs)})")
 
 
 def main() -> None:
@@ -214,6 +231,7 @@ def main() -> None:
     if args.shipped_mergekit and not args.only_ours:
         runs["mergekit"], envs["mergekit"] = mergekit[:2] + [str(folder / "mergekit")] + seed, env
     results = {name: [] for name in runs}
+    syncs = {name: [] for name in runs}
     warm(inputs)  # the first read may come from disk
     read_gbps = warm(inputs)
     print(f"load average before the runs: {load_average():.2f}", flush=True)
@@ -225,30 +243,40 @@ def main() -> None:
             os.sync()  # no run pays for the previous run's writeback
             load = load_average()
             seconds, rss_kib, stderr = timed(command, envs[name])
+            synced = time.perf_counter()
+            os.sync()  # what it takes to have this output on disk
+            sync_s = time.perf_counter() - synced
             results[name].append((seconds, rss_kib, load))
-            print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s  "
+            syncs[name].append(sync_s)
+            print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s, then sync {sync_s:5.2f} s  "
                   f"peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
     os.sync()
-    write_gbps = max(write_floor(folder) for _ in range(2))
+    write_gbps = 2 / min(fill_seconds(folder, 2 * 10**9, durable=False) for _ in range(2))
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
+    disk_s = min(fill_seconds(folder, out_bytes, durable=True) for _ in range(2))
     loads = [load for r in results.values() for _, _, load in r]
     print(f"\nsummary ({args.shape}, {args.method}, {args.repeats} repeats, warm cache; load average at the runs "
           f"{min(loads):.2f}-{max(loads):.2f}, median {statistics.median(loads):.2f})")
     medians = {n: (statistics.median(s for s, _, _ in r), max(m for _, m, _ in r)) for n, r in results.items()}
     floor = in_bytes / 1e9 / read_gbps + out_bytes / 1e9 / write_gbps
     for name, (seconds, rss) in medians.items():
-        print(f"  {name:16s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _, _ in results[name])})   "
-              f"peak RSS {rss / 2**20:5.2f} GiB   "
+        print(f"  {name:16s} median {seconds:7.2f} s (runs {', '.join(f'{s:.2f}' for s, _, _ in results[name])}), "
+              f"then sync {statistics.median(syncs[name]):.2f} s   peak RSS {rss / 2**20:5.2f} GiB   "
               f"{(in_bytes + out_bytes) / 1e9 / seconds:5.2f} GB/s (read+write)")
     print(f"  floor: page-cache read {read_gbps:.1f} GB/s, write {write_gbps:.2f} GB/s -> "
           f"{in_bytes / 1e9:.2f} GB read + {out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s on one core")
+    print(f"  disk: {out_bytes / 1e9:.2f} GB written and fdatasynced by one writer in {disk_s:.2f} s "
+          f"({out_bytes / 1e9 / disk_s:.2f} GB/s, best of 2): no merge that leaves its output on disk is faster")
     if not args.only_ours:
         tuned = [s for s, _, _ in results["mergekit-tuned"]]
-        for name in ("ours", "ours --no-fsync"):
-            ratios = [t / s for t, (s, _, _) in zip(tuned, results[name])]
-            print(f"  tuned mergekit / {name:16s} pair by pair: median {statistics.median(ratios):.2f}x, "
-                  f"lowest {min(ratios):.2f}x, highest {max(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}); "
-                  f"peak RSS {medians['mergekit-tuned'][1] / medians[name][1]:.1f}x smaller")
+        tuned_on_disk = [s + sync_s for s, sync_s in zip(tuned, syncs["mergekit-tuned"])]
+        ours_s = [s for s, _, _ in results["ours"]]
+        print(f"  tuned mergekit / ours (as shipped; only ours waits for the disk): {ratios(tuned, ours_s)}")
+        print("  like for like:")
+        print(f"    tuned mergekit / ours --no-fsync (neither waits for the disk): "
+              f"{ratios(tuned, [s for s, _, _ in results['ours --no-fsync']])}")
+        print(f"    tuned mergekit + sync / ours (both on disk): {ratios(tuned_on_disk, ours_s)}")
+        print(f"  peak RSS {medians['mergekit-tuned'][1] / medians['ours'][1]:.1f}x smaller")
         from hpcadapt_merge.compare import agreement, compare
 
         if args.method == "slerp":

@@ -186,3 +186,41 @@ def test_the_output_is_fsynced_before_it_is_published(models, tmp_path, monkeypa
     assert shards <= synced and ".out.partial" in synced
     assert ("fsync", str(tmp_path)) in events[published:]
     assert json.loads((tmp_path / "out" / "merge_report.json").read_text())["tensors"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_output_is_flushed_to_disk_while_it_is_merged(models, tmp_path, monkeypatch, workers):
+    """Every FLUSH_STEP bytes of finished tensors the shards are fdatasynced, before the last
+    tensor is done: the fsync before publishing then has little left to wait for."""
+    from hpcadapt_merge import engine
+
+    staging = tmp_path / ".out.partial"
+    finished_at_flush = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        finished_at_flush.append(len((staging / engine.JOURNAL).read_text().splitlines()))
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(engine, "FLUSH_STEP", 4096)
+    monkeypatch.setenv("HPCADAPT_MERGE_TEST_DELAY", "0.01")  # the flushing thread's turn comes between tensors
+    summary = run_merge(slerp_config(models), tmp_path / "out", workers=workers, progress=False, shard_size=100_000)
+    assert len(finished_at_flush) >= 2
+    assert min(finished_at_flush) < summary.tensors
+
+
+def test_a_failed_flush_while_merging_publishes_nothing(models, tmp_path, monkeypatch):
+    """A writeback error seen by the flushing thread is the merge's error (a later fsync might not
+    report it again), naming the shard; nothing is published."""
+    from hpcadapt_merge import engine
+
+    def fdatasync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(engine, "FLUSH_STEP", 4096)
+    with pytest.raises(OSError, match="writing the output to disk failed: Input/output error") as raised:
+        run_merge(slerp_config(models), tmp_path / "out", workers=2, progress=False, shard_size=100_000)
+    assert raised.value.filename.startswith(str(tmp_path / ".out.partial" / "model-"))
+    assert not (tmp_path / "out").exists()
