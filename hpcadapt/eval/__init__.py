@@ -3,6 +3,7 @@
 Entry points (each module imports torch only inside functions, so importing any of
 them at config time is cheap):
 - suite.evaluate_models(models, benchmark_files, heldout_file, out_dir, ...) -> EvalResults
+- suite.evaluate_suites(models, [Suite(...), ...], ...) -> [EvalResults]: several question sets, each model loaded once
 - synergy.synergy_report(results, merged, parents, out_dir, ...) -> SynergyReport
 - synergy.log_synergy_to_wandb(report, run)
 - sweep.sweep_schedules(base, other, benchmark_files, schedules=...) -> SweepResult

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .benchmark import BenchmarkSet, load_benchmarks, read_heldout_texts
@@ -19,18 +20,38 @@ from .results import EvalResults
 PROTOCOLS = ("loglik", "generate")
 
 
+@dataclass(frozen=True)
+class Suite:
+    """One set of questions every model is scored on, and the folder its results go to."""
+
+    benchmark_files: list[str | Path]
+    heldout_file: str | Path | None
+    out_dir: str | Path
+
+
 def evaluate_models(
     models: dict[str, str | Path],
     benchmark_files: list[str | Path],
     heldout_file: str | Path | None,
     out_dir: str | Path,
+    **options,
+) -> EvalResults:
+    """Score each model on the benchmarks (and held-out perplexity); write results.json and table.md.
+    Options as evaluate_suites."""
+    return evaluate_suites(models, [Suite(benchmark_files, heldout_file, out_dir)], **options)[0]
+
+
+def evaluate_suites(
+    models: dict[str, str | Path],
+    suites: list[Suite],
     *,
     protocols=PROTOCOLS,
     batch_size: int = 16,
     device: str | None = None,
     max_new_tokens: int = 8,
-) -> EvalResults:
-    """Score each model on the benchmarks (and held-out perplexity); write results.json and table.md."""
+) -> list[EvalResults]:
+    """Score each model on every suite (e.g. the domain benchmark and a general one), loading each
+    model once; one EvalResults per suite, saved to its folder."""
     protocols = tuple(protocols)
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
@@ -38,43 +59,49 @@ def evaluate_models(
     if not models:
         raise ValueError("no models to evaluate")
     folders = {name: check_model_dir(path, name, require_template=False) for name, path in models.items()}
-    sets = load_benchmarks(list(benchmark_files))
-    heldout = read_heldout_texts(heldout_file) if heldout_file else None
+    questions = [(load_benchmarks(list(suite.benchmark_files)),
+                  read_heldout_texts(suite.heldout_file) if suite.heldout_file else None) for suite in suites]
     device = pick_device(device)
 
-    results = EvalResults(
-        models={name: str(path) for name, path in folders.items()},
-        sets=[s.name for s in sets],
-        protocols=protocols,
-        meta={
-            "device": device,
-            "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens,
-            "benchmark_files": [str(s.path) for s in sets],
-            "heldout_file": str(heldout_file) if heldout_file else None,
-        },
-    )
-    for name, folder in folders.items():
-        started = time.perf_counter()
-        model, tokenizer = load_model(folder, device), load_tokenizer(folder)
-        results.meta.setdefault("prompt_format", {})[name] = prompt_format(tokenizer)
-        records, ppl = evaluate_loaded(
-            model,
-            tokenizer,
-            sets,
-            heldout,
+    all_results = [
+        EvalResults(
+            models={name: str(path) for name, path in folders.items()},
+            sets=[s.name for s in sets],
             protocols=protocols,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            label=name,
+            meta={
+                "device": device,
+                "batch_size": batch_size,
+                "max_new_tokens": max_new_tokens,
+                "benchmark_files": [str(s.path) for s in sets],
+                "heldout_file": str(suite.heldout_file) if suite.heldout_file else None,
+            },
         )
-        results.records[name] = records
-        results.perplexity[name] = ppl
-        results.meta.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 2)
+        for suite, (sets, _) in zip(suites, questions)
+    ]
+    for name, folder in folders.items():
+        started = time.perf_counter()  # the first suite's seconds include loading the model
+        model, tokenizer = load_model(folder, device), load_tokenizer(folder)
+        for results, (sets, heldout) in zip(all_results, questions):
+            results.meta.setdefault("prompt_format", {})[name] = prompt_format(tokenizer)
+            records, ppl = evaluate_loaded(
+                model,
+                tokenizer,
+                sets,
+                heldout,
+                protocols=protocols,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                label=name,
+            )
+            results.records[name] = records
+            results.perplexity[name] = ppl
+            results.meta.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
         del model
         gc.collect()
-    results.save(out_dir)
-    return results
+    for results, suite in zip(all_results, suites):
+        results.save(suite.out_dir)
+    return all_results
 
 
 def evaluate_loaded(

@@ -19,7 +19,7 @@ from hpcadapt.spec import StageSpec
 
 
 def run(spec: StageSpec) -> dict[str, Any]:
-    from hpcadapt.eval.suite import evaluate_models
+    from hpcadapt.eval.suite import Suite, evaluate_suites
 
     e = spec.settings
     out = Path(spec.staging_dir)
@@ -28,18 +28,17 @@ def run(spec: StageSpec) -> dict[str, Any]:
         from hpcadapt.eval.model_dir import check_same_tokenizer
 
         check_same_tokenizer({p: models[p] for p in spec.synergy["parents"]})
-    results = evaluate_models(
-        models, spec.benchmark, spec.heldout, out,
-        protocols=e["protocols"], batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"],
-    )
+    suites = [Suite(spec.benchmark, spec.heldout, out)]
+    if spec.general_benchmark:  # the same models on general ability: what adaptation should keep
+        suites.append(Suite(spec.general_benchmark, None, out / "general"))
+    results, *general = evaluate_suites(models, suites, protocols=e["protocols"], batch_size=e["batch_size"],
+                                        max_new_tokens=e["max_new_tokens"])
     print("\n" + results.table_text(), flush=True)
     metrics: dict[str, Any] = {"summary": results.summary()}
-    if spec.general_benchmark:  # the same models on general ability: what adaptation should keep
+    if general:
         from hpcadapt.eval.retention import retention
 
-        general = evaluate_models(models, spec.general_benchmark, None, out / "general", protocols=e["protocols"],
-                                  batch_size=e["batch_size"], max_new_tokens=e["max_new_tokens"])
-        metrics["retention"] = retention(results, general, out, n_boot=e["bootstrap_samples"], seed=e["seed"])
+        metrics["retention"] = retention(results, general[0], out, n_boot=e["bootstrap_samples"], seed=e["seed"])
     run = tracking.start_run(spec, job_type="eval")
     if spec.synergy:
         from hpcadapt.eval.synergy import log_synergy_to_wandb, synergy_report

@@ -155,3 +155,28 @@ def test_a_model_without_chat_template_is_asked_in_plain_text(untrained_dir, ben
     )
     assert results.meta["prompt_format"] == {"base": "plain text (no chat template)", "instruct": "chat template"}
     assert "Asked in plain text, having no chat template: base." in results.table_text()
+
+
+def test_several_suites_load_each_model_once_and_score_as_one_suite_at_a_time(
+    untrained_dir, trained_dir, bench_file, heldout_file, rows, tmp_path, monkeypatch
+):
+    """The evaluation stage scores the domain and the general benchmark on one load of each model;
+    every record equals what a separate evaluation of each suite gives."""
+    from eval_fixtures import write_jsonl
+
+    from hpcadapt.eval import suite
+
+    general_file = write_jsonl(tmp_path / "general.jsonl", rows[:12])
+    models = {"untrained": untrained_dir, "trained": trained_dir}
+    separately = [evaluate_models(models, [bench_file], heldout_file, tmp_path / "alone-domain", batch_size=8),
+                  evaluate_models(models, [general_file], None, tmp_path / "alone-general", batch_size=8)]
+    loads = []
+    real_load = suite.load_model
+    monkeypatch.setattr(suite, "load_model", lambda folder, device: loads.append(folder) or real_load(folder, device))
+    together = suite.evaluate_suites(models, [suite.Suite([bench_file], heldout_file, tmp_path / "domain"),
+                                              suite.Suite([general_file], None, tmp_path / "general")], batch_size=8)
+    assert len(loads) == len(models)
+    for alone, joint, folder in zip(separately, together, ("domain", "general")):
+        assert joint.records == alone.records and joint.perplexity == alone.perplexity
+        assert json.loads((tmp_path / folder / "results.json").read_text())["records"] == alone.records
+    assert together[1].perplexity == {"untrained": None, "trained": None}
