@@ -219,7 +219,9 @@ def main() -> None:
     inputs = sorted(a.glob("*.safetensors")) + sorted(b.glob("*.safetensors"))
     in_bytes = sum(p.stat().st_size for p in inputs)
     bin_dir = Path(sys.executable).parent
-    ours = [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force", "--no-progress"]
+    # as a user runs it (its progress bar goes to the captured stderr): its last line gives the peak
+    # RSS summed over the main process and its workers
+    ours = [str(bin_dir / "hpcadapt-merge"), str(config), str(folder / "ours"), "--force"]
     ours += ["--workers", str(args.workers)] if args.workers else []
     seed = ["--random-seed", "0"] if methods.get(args.method).random else []
     runs, envs = {}, {}
@@ -232,6 +234,7 @@ def main() -> None:
         runs["mergekit"], envs["mergekit"] = mergekit[:2] + [str(folder / "mergekit")] + seed, env
     results = {name: [] for name in runs}
     syncs = {name: [] for name in runs}
+    summed_mib: dict[str, int] = {}  # ours: peak RSS summed over its processes
     warm(inputs)  # the first read may come from disk
     read_gbps = warm(inputs)
     print(f"load average before the runs: {load_average():.2f}", flush=True)
@@ -247,6 +250,8 @@ def main() -> None:
             os.sync()  # what it takes to have this output on disk
             sync_s = time.perf_counter() - synced
             results[name].append((seconds, rss_kib, load))
+            if summed := re.search(r"(\d+) MiB all processes", stderr):
+                summed_mib[name] = max(summed_mib.get(name, 0), int(summed.group(1)))
             syncs[name].append(sync_s)
             print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s, then sync {sync_s:5.2f} s  "
                   f"peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
@@ -277,6 +282,8 @@ def main() -> None:
               f"{ratios(tuned, [s for s, _, _ in results['ours --no-fsync']])}")
         print(f"    tuned mergekit + sync / ours (both on disk): {ratios(tuned_on_disk, ours_s)}")
         print(f"  peak RSS {medians['mergekit-tuned'][1] / medians['ours'][1]:.1f}x smaller")
+    for name, mib in summed_mib.items():
+        print(f"  {name}: peak RSS summed over the main process and its workers {mib / 1024:.2f} GiB (largest run)")
         from hpcadapt_merge.compare import agreement, compare
 
         if args.method == "slerp":
