@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from hpcadapt_merge.cli import main, parse_size
-from hpcadapt_merge.plot import schedule_curves
+from hpcadapt_merge.plot import plot_schedule, schedule_curves
 from merge_helpers import CLI, slerp_config
 
 
@@ -93,3 +94,19 @@ def test_the_command_merges_the_same_bytes_as_the_api(models, tmp_path):
         cli, api = folder_bytes(tmp_path / f"{method}-cli"), folder_bytes(tmp_path / f"{method}-api")
         weights = [name for name in api if name.endswith(".safetensors")]
         assert weights and all(cli[name] == api[name] for name in weights), method
+
+
+def test_an_interrupted_schedule_plot_leaves_the_previous_picture(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    png = tmp_path / "schedule.png"
+    png.write_bytes(b"the previous picture")
+
+    def torn(self, fname, **options):
+        Path(fname).write_bytes(b"\x89PNG\r\n\x1a\n torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", torn)
+    with pytest.raises(KeyboardInterrupt):
+        plot_schedule(0.5, 4, png)
+    assert png.read_bytes() == b"the previous picture" and list(tmp_path.iterdir()) == [png]
