@@ -21,12 +21,15 @@ from safetensors.torch import load_file, save_file
 
 
 def start(recipe, out, delay=0.15, workers=2, *extra):
-    """The command in its own session (a terminal's process group), each tensor slowed by `delay` s."""
+    """The command in its own session (a terminal's process group), each tensor slowed by `delay` s.
+    It gets SIGINT's default action as a foreground command does, also when the tests run as a
+    background job of a shell, whose commands inherit SIGINT ignored."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPCADAPT_MERGE_TEST_DELAY": str(delay)}
     env.pop("HPCADAPT_MERGE_KILL_AT", None)
     return subprocess.Popen([*CLI, str(recipe), str(out), "--workers", str(workers),
                              "--no-progress", "--out-shard-size", "100KB", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def workers_of(proc, count=2, timeout=30.0):
