@@ -256,7 +256,8 @@ def main() -> None:
             print(f"[{repeat + 1}/{args.repeats}] {name:16s} {seconds:7.2f} s, then sync {sync_s:5.2f} s  "
                   f"peak RSS {rss_kib / 2**20:6.2f} GiB  load {load:.2f}", flush=True)
     os.sync()
-    write_gbps = 2 / min(fill_seconds(folder, 2 * 10**9, durable=False) for _ in range(2))
+    fill_bytes = 2 * 10**9
+    write_gbps = fill_bytes / 1e9 / min(fill_seconds(folder, fill_bytes, durable=False) for _ in range(2))
     out_bytes = sum(p.stat().st_size for p in (folder / "ours").glob("*.safetensors"))
     disk_s = min(fill_seconds(folder, out_bytes, durable=True) for _ in range(2))
     loads = [load for r in results.values() for _, _, load in r]
@@ -272,6 +273,8 @@ def main() -> None:
           f"{in_bytes / 1e9:.2f} GB read + {out_bytes / 1e9:.2f} GB written take >= {floor:.2f} s on one core")
     print(f"  disk: {out_bytes / 1e9:.2f} GB written and fdatasynced by one writer in {disk_s:.2f} s "
           f"({out_bytes / 1e9 / disk_s:.2f} GB/s, best of 2): no merge that leaves its output on disk is faster")
+    for name, mib in summed_mib.items():
+        print(f"  {name}: peak RSS summed over the main process and its workers {mib / 1024:.2f} GiB (largest run)")
     if not args.only_ours:
         tuned = [s for s, _, _ in results["mergekit-tuned"]]
         tuned_on_disk = [s + sync_s for s, sync_s in zip(tuned, syncs["mergekit-tuned"])]
@@ -282,8 +285,6 @@ def main() -> None:
               f"{ratios(tuned, [s for s, _, _ in results['ours --no-fsync']])}")
         print(f"    tuned mergekit + sync / ours (both on disk): {ratios(tuned_on_disk, ours_s)}")
         print(f"  peak RSS {medians['mergekit-tuned'][1] / medians['ours'][1]:.1f}x smaller")
-    for name, mib in summed_mib.items():
-        print(f"  {name}: peak RSS summed over the main process and its workers {mib / 1024:.2f} GiB (largest run)")
         from hpcadapt_merge.compare import agreement, compare
 
         if args.method == "slerp":
