@@ -324,11 +324,10 @@ def _execute(plan, todo, staging: Path, done: dict, workers: int, progress: bool
 
 
 class _Flusher:
-    """Makes the output durable while it is computed: a thread fdatasyncs the shards each time
-    another FLUSH_STEP bytes of tensors are finished. Each call also empties the disk's write
-    cache (on a VM, the host's), which otherwise the fsync before publishing would wait for all
-    at once. Only shards written to since the last round are synced. A failed fdatasync is
-    returned by stop(), for the engine to raise: once one
+    """Makes the output durable while it is computed: a thread fdatasyncs the shards written to
+    each time another FLUSH_STEP bytes of tensors are finished. Each call also empties the disk's
+    write cache (on a VM, the host's), which otherwise the fsync before publishing would wait for
+    all at once. A failed fdatasync is returned by stop(), for the engine to raise: once one
     descriptor has seen a writeback error, a later fsync may not report it. The thread starts
     with the first finished tensor, after the workers are forked."""
 
@@ -336,7 +335,7 @@ class _Flusher:
         import threading
 
         self.paths, self.fds = paths, []
-        self.step, self.pending, self.closing, self.error = FLUSH_STEP, 0, False, None
+        self.pending, self.closing, self.error = 0, False, None
         self.touched: set[int] = set()  # shards written to since the last round
         self.wake = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="hpcadapt-merge-flusher", daemon=True)
@@ -348,13 +347,13 @@ class _Flusher:
         with self.wake:
             self.touched.add(shard)
             self.pending += nbytes
-            if self.pending >= self.step:
+            if self.pending >= FLUSH_STEP:
                 self.wake.notify()
 
     def _loop(self) -> None:
         while True:
             with self.wake:
-                self.wake.wait_for(lambda: self.closing or self.pending >= self.step)
+                self.wake.wait_for(lambda: self.closing or self.pending >= FLUSH_STEP)
                 if self.closing:
                     return
                 shards, self.touched, self.pending = sorted(self.touched), set(), 0
